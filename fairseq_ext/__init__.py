@@ -1,0 +1,14 @@
+"""fairseq-ext: a fairseq user-dir for self-supervised speech representation learning.
+
+Use it with ``fairseq-hydra-train --user-dir fairseq_ext ...`` or import it in Python; either
+registers every task, model and criterion below. fairseq's user-dir loader auto-imports only
+``tasks/`` and ``models/``, so everything is imported explicitly here.
+"""
+
+from fairseq_ext.checkpoint import load_model, register_safe_globals
+
+__version__ = "0.1.0"
+
+register_safe_globals()
+
+__all__ = ["load_model", "register_safe_globals", "__version__"]

@@ -1,0 +1,1 @@
+"""The label pipeline: manifests, feature dumping, k-means, labels, quality report (fairseq layout)."""
