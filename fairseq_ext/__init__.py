@@ -11,4 +11,13 @@ __version__ = "0.1.0"
 
 register_safe_globals()
 
+# --- disentangled HuBERT (tasks, models, criteria) ---
+# --- end disentangled HuBERT ---
+
+# --- PASE (tasks, models, criteria) ---
+# --- end PASE ---
+
+# --- speaker classification (tasks, models, criteria) ---
+# --- end speaker classification ---
+
 __all__ = ["load_model", "register_safe_globals", "__version__"]
