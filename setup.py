@@ -16,6 +16,9 @@ CONSOLE_SCRIPTS = {
     "fairseq-ext-export-espnet": "simple_kmeans.export_espnet",
     "fairseq-ext-demo-corpus": "simple_kmeans.make_demo_corpus",
     "fairseq-ext-labels": "simple_kmeans.pipeline",
+    "fairseq-ext-dump-pitch": "simple_kmeans.dump_pitch_feature",
+    "fairseq-ext-pitch-stats": "simple_kmeans.pitch_stats",
+    "fairseq-ext-speaker-labels": "simple_kmeans.speaker_labels",
 }
 
 setup(
@@ -41,6 +44,7 @@ setup(
         "faiss-cpu>=1.7.4",
         "pyworld>=0.3.4",
         "tqdm>=4.60",
+        "threadpoolctl>=3.0",
     ],
     entry_points={
         "console_scripts": [f"{name}={module}:cli" for name, module in CONSOLE_SCRIPTS.items()]

@@ -65,6 +65,7 @@ def _bandpass_noise(n: int, lo: float, hi: float, sr: int, rng: np.random.Genera
     from scipy.signal import butter, sosfilt
 
     hi = min(hi, 0.45 * sr)
+    lo = min(lo, 0.5 * hi)
     sos = butter(4, [lo, hi], btype="band", fs=sr, output="sos")
     return sosfilt(sos, rng.standard_normal(n))
 

@@ -1,0 +1,298 @@
+"""Usage: dump_pitch_feature.py tsv_dir split nshard rank feat_dir [--frame-rate 50|100]
+                                  [--f0-floor 60] [--f0-ceil 400] [--method dio|harvest]
+
+Dump frame-level pitch features (log F0, voicing) of one shard of a manifest, on the frame
+grid of HuBERT's labels, for the disentangled-HuBERT pitch targets.
+
+Reads ``{tsv_dir}/{split}.tsv`` (16 kHz mono audio) and writes into ``feat_dir``:
+  {split}_{rank}_{nshard}.npy              float32 (frames, 2): [log F0, voiced]
+  {split}_{rank}_{nshard}.len              frames per utterance, one per line
+  {split}_{rank}_{nshard}.pitch_stats.json partial sums over voiced frames, merged into
+                                           {split}.pitch_stats.json by pitch_stats.py
+
+Column 0 is the natural log of F0 in Hz. Over unvoiced frames it is interpolated linearly
+between the neighbouring voiced frames; before the first and after the last voiced frame it
+holds the nearest voiced value; an utterance without any voiced frame gets
+log(sqrt(f0_floor * f0_ceil)) everywhere (log 155 Hz with the defaults). Column 1 is 1.0 on
+voiced frames, 0.0 elsewhere. Statistics only use voiced frames.
+
+Frame grids (16 kHz, n samples):
+  --frame-rate 100: the MFCC grid (kaldi, 25 ms window, 10 ms shift, snip_edges):
+                    1 + (n - 400) // 160 frames (0 when n < 400), frame k centred on
+                    sample 160 k + 200.
+  --frame-rate 50:  the output of HuBERT's convolutional feature encoder
+                    [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2 (no padding), computed
+                    layer by layer as L <- (L - kernel) // stride + 1; receptive field 400
+                    samples, stride 320, frame k centred on sample 320 k + 200.
+F0 is estimated with WORLD (pyworld) every 2.5 ms and read at each frame's centre, which
+falls exactly on that analysis grid for both rates. ``dio`` (DIO + StoneMask refinement) is
+the default: about 20x faster than ``harvest`` and, on the demo corpus, more accurate in its
+voiced/unvoiced decisions (harvest over-extends voicing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from simple_kmeans.common import (
+    NpyStreamWriter,
+    PipelineError,
+    atomic_output,
+    check_writable_dir,
+    feat_paths,
+    manifest_path,
+    progress,
+    read_audio,
+    read_manifest,
+    run_cli,
+    shard_stem,
+)
+
+logger = logging.getLogger("dump_pitch_feature")
+
+SAMPLE_RATE = 16000
+FRAME_RATES = (50, 100)
+METHODS = ("dio", "harvest")
+# HuBERT / wav2vec 2.0 convolutional feature encoder: (dim, kernel, stride) per layer
+HUBERT_CONV_LAYERS: List[Tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+MFCC_WINDOW = 400  # 25 ms at 16 kHz
+MFCC_SHIFT = 160  # 10 ms at 16 kHz
+ANALYSIS_HOP = 40  # WORLD analysis period in samples (2.5 ms at 16 kHz)
+
+
+# --------------------------------------------------------------------------- pyworld
+
+
+def load_pyworld() -> ModuleType:
+    """Return pyworld's compiled module (``dio``, ``stonemask``, ``harvest``).
+
+    pyworld 0.3.5's ``__init__`` imports ``pkg_resources`` only to read its own version, and
+    setuptools >= 81 no longer ships ``pkg_resources``; when it is missing the compiled
+    extension is loaded directly from the installed package folder.
+    """
+    if importlib.util.find_spec("pkg_resources") is not None:
+        import pyworld
+
+        return pyworld
+    name = "pyworld.pyworld"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("pyworld")
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError("pyworld is not installed: pip install pyworld")
+    folder = spec.submodule_search_locations[0]
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    candidates = [f for f in os.listdir(folder) if f.startswith("pyworld.") and f.endswith(suffixes)]
+    if not candidates:
+        raise PipelineError(f"pyworld's compiled module is missing from {folder}: reinstall pyworld")
+    ext_spec = importlib.util.spec_from_file_location(name, os.path.join(folder, candidates[0]))
+    module = importlib.util.module_from_spec(ext_spec)
+    ext_spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+# --------------------------------------------------------------------------- frame grids
+
+
+def conv_output_length(n_samples: int, conv_layers: Sequence[Tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> int:
+    """Frames produced by an unpadded conv stack ``[(dim, kernel, stride), ...]`` on ``n_samples``."""
+    length = int(n_samples)
+    for _, kernel, stride in conv_layers:
+        if length < kernel:
+            return 0
+        length = (length - kernel) // stride + 1
+    return length
+
+
+def conv_receptive_field(conv_layers: Sequence[Tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> Tuple[int, int]:
+    """``(receptive field, total stride)`` in samples of a conv stack (400, 320 for HuBERT)."""
+    field, stride = 1, 1
+    for _, kernel, s in conv_layers:
+        field += (kernel - 1) * stride
+        stride *= s
+    return field, stride
+
+
+def num_frames(n_samples: int, frame_rate: int) -> int:
+    """Number of label frames of an utterance at ``frame_rate`` (50: HuBERT CNN, 100: MFCC)."""
+    if frame_rate == 100:
+        return 0 if n_samples < MFCC_WINDOW else 1 + (n_samples - MFCC_WINDOW) // MFCC_SHIFT
+    if frame_rate == 50:
+        return conv_output_length(n_samples)
+    raise PipelineError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
+
+
+def frame_centres(n_frames: int, frame_rate: int) -> np.ndarray:
+    """Sample index of the centre of each frame, shape ``(n_frames,)``."""
+    if frame_rate == 100:
+        window, shift = MFCC_WINDOW, MFCC_SHIFT
+    elif frame_rate == 50:
+        window, shift = conv_receptive_field()
+    else:
+        raise PipelineError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
+    return np.arange(n_frames, dtype=np.int64) * shift + window // 2
+
+
+# --------------------------------------------------------------------------- pitch
+
+
+def default_log_f0(f0_floor: float, f0_ceil: float) -> float:
+    """Log F0 written for utterances without voiced frames: log of the geometric mid-range."""
+    return 0.5 * (math.log(f0_floor) + math.log(f0_ceil))
+
+
+def interpolate_log_f0(f0: np.ndarray, fill: float) -> np.ndarray:
+    """Turn an F0 track (Hz, 0 = unvoiced) of shape ``(T,)`` into ``(T, 2)`` [log F0, voiced].
+
+    Unvoiced frames get log F0 interpolated linearly between voiced neighbours, the nearest
+    voiced value at the edges, and ``fill`` when the track has no voiced frame.
+    """
+    f0 = np.asarray(f0, dtype=np.float64)
+    voiced = f0 > 0
+    out = np.empty((len(f0), 2), dtype=np.float32)
+    out[:, 1] = voiced
+    if voiced.any():
+        idx = np.flatnonzero(voiced)
+        out[:, 0] = np.interp(np.arange(len(f0)), idx, np.log(f0[idx]))
+    else:
+        out[:, 0] = fill
+    return out
+
+
+class PitchExtractor:
+    """F0 on a label frame grid with WORLD (dio + stonemask, or harvest).
+
+    Args:
+        frame_rate: 50 (HuBERT CNN grid) or 100 (MFCC grid).
+        f0_floor, f0_ceil: search range in Hz.
+        method: ``"dio"`` or ``"harvest"``.
+    """
+
+    def __init__(self, frame_rate: int = 50, f0_floor: float = 60.0, f0_ceil: float = 400.0,
+                 method: str = "dio", sample_rate: int = SAMPLE_RATE):
+        if frame_rate not in FRAME_RATES:
+            raise PipelineError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
+        if method not in METHODS:
+            raise PipelineError(f"--method must be one of {METHODS}, got {method!r}")
+        if not 0 < f0_floor < f0_ceil < sample_rate / 2:
+            raise PipelineError(
+                f"need 0 < --f0-floor < --f0-ceil < {sample_rate / 2:g} Hz, got {f0_floor:g} and {f0_ceil:g}"
+            )
+        self.frame_rate = frame_rate
+        self.f0_floor = float(f0_floor)
+        self.f0_ceil = float(f0_ceil)
+        self.method = method
+        self.sample_rate = sample_rate
+        self.fill = default_log_f0(self.f0_floor, self.f0_ceil)
+        self._pw = load_pyworld()
+
+    def f0(self, wav: np.ndarray) -> np.ndarray:
+        """F0 in Hz (0 = unvoiced) at each frame centre; ``wav`` ``(N,)`` -> ``(T,)``."""
+        n = num_frames(len(wav), self.frame_rate)
+        if n == 0:
+            return np.zeros(0)
+        x = np.ascontiguousarray(wav, dtype=np.float64)
+        period_ms = 1000.0 * ANALYSIS_HOP / self.sample_rate
+        kwargs = dict(f0_floor=self.f0_floor, f0_ceil=self.f0_ceil, frame_period=period_ms)
+        if self.method == "dio":
+            f0, t = self._pw.dio(x, self.sample_rate, **kwargs)
+            f0 = self._pw.stonemask(x, f0, t, self.sample_rate)
+        else:
+            f0, _ = self._pw.harvest(x, self.sample_rate, **kwargs)
+        idx = np.minimum(frame_centres(n, self.frame_rate) // ANALYSIS_HOP, len(f0) - 1)
+        f0 = f0[idx]
+        return np.where(np.isfinite(f0) & (f0 > 0), f0, 0.0)
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        """``wav`` ``(N,)`` float in [-1, 1] -> float32 ``(T, 2)`` [log F0, voiced]."""
+        return interpolate_log_f0(self.f0(wav), self.fill)
+
+
+def voiced_moments(feats: np.ndarray) -> Tuple[int, float, float]:
+    """``(n, mean, M2)`` of log F0 over the voiced frames of a ``(T, 2)`` pitch array."""
+    values = feats[feats[:, 1] > 0.5, 0].astype(np.float64)
+    if len(values) == 0:
+        return 0, 0.0, 0.0
+    mean = float(values.mean())
+    return len(values), mean, float(((values - mean) ** 2).sum())
+
+
+def stats_path(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int) -> Path:
+    """``{feat_dir}/{split}_{rank}_{nshard}.pitch_stats.json``."""
+    stem = shard_stem(feat_dir, split, rank, nshard)
+    return stem.with_name(stem.name + ".pitch_stats.json")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(tsv_dir: str, split: str, nshard: int, rank: int, feat_dir: str, frame_rate: int = 50,
+         f0_floor: float = 60.0, f0_ceil: float = 400.0, method: str = "dio") -> Path:
+    """Dump one shard (see the module docstring); returns the ``.npy`` path."""
+    extractor = PitchExtractor(frame_rate, f0_floor, f0_ceil, method)
+    tsv = manifest_path(tsv_dir, split)
+    manifest = read_manifest(tsv)
+    entries = manifest.shard(nshard, rank)
+    check_writable_dir(feat_dir)
+    npy_path, len_path = feat_paths(feat_dir, split, rank, nshard)
+    lengths: List[int] = []
+    moments: List[List[float]] = []
+    with NpyStreamWriter(npy_path, dim=2) as writer:
+        for entry in progress(entries, desc=f"pitch {split} {rank}/{nshard}", unit="utt"):
+            wav = read_audio(manifest.audio_path(entry), SAMPLE_RATE, entry.n_samples,
+                             where=f"{tsv}:{entry.line}")
+            feats = extractor(wav)
+            writer.append(feats)
+            lengths.append(len(feats))
+            moments.append(list(voiced_moments(feats)))
+        with atomic_output(len_path) as f:
+            f.writelines(f"{n}\n" for n in lengths)
+        partial = {
+            "split": split, "rank": rank, "nshard": nshard, "frame_rate": frame_rate,
+            "method": method, "f0_floor": extractor.f0_floor, "f0_ceil": extractor.f0_ceil,
+            "n_utterances": len(lengths), "n_frames": int(sum(lengths)),
+            "utterances": moments,  # per manifest line: [voiced frames, mean log F0, sum of squared deviations]
+        }
+        with atomic_output(stats_path(feat_dir, split, rank, nshard)) as f:
+            json.dump(partial, f)
+    n_voiced = sum(int(m[0]) for m in moments)
+    logger.info("wrote %s: %d utterances, %d frames (%.1f%% voiced) at %d Hz",
+                npy_path, len(lengths), sum(lengths), 100.0 * n_voiced / max(sum(lengths), 1), frame_rate)
+    return npy_path
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tsv_dir", help="folder holding {split}.tsv")
+    parser.add_argument("split", help="manifest name without .tsv (train, valid, ...)")
+    parser.add_argument("nshard", type=int, help="number of shards")
+    parser.add_argument("rank", type=int, help="shard to process, 0 <= rank < nshard")
+    parser.add_argument("feat_dir", help="output folder")
+    parser.add_argument("--frame-rate", type=int, default=50, choices=FRAME_RATES,
+                        help="label frame rate: 50 = HuBERT CNN frames, 100 = MFCC frames (default 50)")
+    parser.add_argument("--f0-floor", type=float, default=60.0, help="lowest F0 searched, Hz (default 60)")
+    parser.add_argument("--f0-ceil", type=float, default=400.0, help="highest F0 searched, Hz (default 400)")
+    parser.add_argument("--method", default="dio", choices=METHODS,
+                        help="WORLD F0 estimator: dio (+stonemask, fast, default) or harvest (slow)")
+    return parser
+
+
+def cli(argv=None) -> None:
+    run_cli(main, get_parser(), argv)
+
+
+if __name__ == "__main__":
+    cli()
