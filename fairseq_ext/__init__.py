@@ -12,6 +12,10 @@ __version__ = "0.1.0"
 register_safe_globals()
 
 # --- disentangled HuBERT (tasks, models, criteria) ---
+import fairseq_ext.criteria.dhubert  # noqa: F401,E402
+import fairseq_ext.criteria.hubert_summable  # noqa: F401,E402
+import fairseq_ext.models.dhubert  # noqa: F401,E402
+import fairseq_ext.tasks.dhubert_pretraining  # noqa: F401,E402
 # --- end disentangled HuBERT ---
 
 # --- PASE (tasks, models, criteria) ---

@@ -1,0 +1,246 @@
+"""Tests of the dhubert model, its GRL, schedules, masked pooling and the summable criteria."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fairseq_ext  # noqa: F401  (registers the plugin)
+from fairseq_ext.criteria.dhubert import DHubertCriterion
+from fairseq_ext.criteria.hubert_summable import HubertSummableCriterion
+from fairseq_ext.models.dhubert import DHubertConfig, DHubertModel
+from fairseq_ext.modules.grl import GradientReversal, grl_lambda, reverse_grad
+from fairseq_ext.modules.masked_pooling import AttentivePooling, MaskedMeanPooling
+from test_dhubert_data import make_task, position_corpus
+
+TINY = dict(label_rate=100.0, max_update=100, encoder_layers=3, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+            encoder_attention_heads=2, conv_pos=8, conv_pos_groups=4, final_dim=16,
+            conv_feature_layers="[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2", dropout=0.0,
+            attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0,
+            dropout_features=0.0, head_dropout=0.0, spk_hidden_dim=16, pitch_hidden_dim=16, mask_length=3,
+            spk_layer=1, pitch_layer=2, grl_schedule="constant", grl_lambda_max=0.5)
+
+
+@pytest.fixture(scope="module")
+def task_and_batch(tmp_path_factory):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    paths = position_corpus(tmp_path_factory.mktemp("dh_model"), [9600, 12800, 16000, 11200])
+    task = make_task(paths, max_sample_size=12000, pad_audio=True)
+    task.load_dataset("train")
+    ds = task.datasets["train"]
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    batch["net_input"]["source"] = torch.randn_like(batch["net_input"]["source"]) * 0.1  # real-ish audio
+    return task, batch
+
+
+@pytest.fixture
+def fixed_masks(monkeypatch):
+    """Deterministic HuBERT masks (fairseq draws them from an unseeded generator): every 3rd frame."""
+    import fairseq.models.hubert.hubert as hubert
+
+    def masks(shape, padding_mask, *args, **kwargs):
+        m = np.zeros(shape, dtype=bool)
+        m[:, ::3] = True
+        return m
+
+    monkeypatch.setattr(hubert, "compute_mask_indices", masks)
+
+
+def build(task, **kw) -> DHubertModel:
+    torch.manual_seed(0)
+    return DHubertModel.build_model(DHubertConfig(**{**TINY, **kw}), task)
+
+
+def test_shapes_and_hubert_compatible_outputs(task_and_batch):
+    task, batch = task_and_batch
+    model = build(task)
+    out = model(target_list=batch["target_list"], **batch["net_input"])
+    B, T = out["padding_mask"].shape
+    assert out["spk_logits"].shape == (B, len(task.speakers))
+    assert out["pitch_pred"].shape == (B, T, 2)
+    assert out["grl_lambda"] == pytest.approx(0.5)
+    assert out["logit_m_list"][0].dim() == 2 and torch.isfinite(out["features_pen"])
+    feats, pad = model.extract_features(batch["net_input"]["source"], batch["net_input"]["padding_mask"],
+                                        mask=False, output_layer=2)
+    assert feats.shape == (B, pad.size(1), 32)
+
+
+def test_heads_read_their_layer_in_one_encoder_pass(task_and_batch):
+    """The heads get the encoder's output at layer k, and each layer runs once per forward."""
+    task, batch = task_and_batch
+    model = build(task).eval()
+    seen, calls = {}, []
+    model.spk_head.register_forward_hook(lambda m, a, o: seen.__setitem__("spk", a[0]))
+    model.pitch_head.register_forward_hook(lambda m, a, o: seen.__setitem__("pitch", a[0]))
+    model.encoder.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("enc_in", (a, kw)), with_kwargs=True)
+    for layer in model.encoder.layers:
+        layer.register_forward_hook(lambda m, a, o: calls.append(m))
+    with torch.no_grad():
+        out = model(target_list=batch["target_list"], **batch["net_input"])
+        assert len(calls) == len(model.encoder.layers)
+        T = out["padding_mask"].size(1)
+        (x,), kw = seen["enc_in"]
+        for name, layer in (("spk", 1), ("pitch", 2)):
+            ref, _ = model.encoder(x, padding_mask=kw["padding_mask"], layer=layer - 1)
+            assert seen[name].shape == ref.shape
+            assert torch.allclose(seen[name], ref, atol=1e-5), name
+    assert not torch.allclose(seen["spk"], seen["pitch"])
+
+
+@pytest.mark.parametrize("kept", [[True, False, True], [True, False, False]])
+def test_layerdrop_uses_state_after_dropped_layer(task_and_batch, monkeypatch, kept):
+    """If LayerDrop skips the tapped layer, the head gets the next layer's input (or the encoder output)."""
+    task, batch = task_and_batch
+    model = build(task, spk_layer=2).train()
+    model.encoder.layerdrop = 0.5
+    draws = iter([0.9 if k else 0.1 for k in kept])  # np.random.random() > layerdrop keeps a layer
+    monkeypatch.setattr(np.random, "random", lambda: next(draws))
+    seen = {}
+    model.spk_head.register_forward_hook(lambda m, a, o: seen.__setitem__("spk", a[0]))
+    model.encoder.layers[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("in2", a[0]))
+    model.encoder.register_forward_hook(lambda m, a, o: seen.__setitem__("out", o[0]))
+    with torch.no_grad():
+        model(target_list=batch["target_list"], **batch["net_input"])
+    T = seen["spk"].size(1)
+    expected = seen["in2"].transpose(0, 1)[:, :T] if kept[2] else seen["out"][:, :T]
+    assert torch.equal(seen["spk"], expected)
+
+
+@pytest.mark.parametrize("head", ["spk", "pitch"])
+def test_grl_reverses_and_scales_encoder_gradient(task_and_batch, fixed_masks, head):
+    """Gradient of a head's loss w.r.t. encoder weights = -lambda x the gradient without the GRL."""
+    task, batch = task_and_batch
+    grads = {}
+    for variant in ("grl", "identity"):
+        model = build(task, pitch_mode="adversarial", grl_lambda_max=0.3).eval()
+        if variant == "identity":
+            model.grl = nn.Identity()
+        out = model(target_list=batch["target_list"], **batch["net_input"])
+        loss = out["spk_logits"].logsumexp(-1).sum() if head == "spk" else out["pitch_pred"].pow(2).sum()
+        loss.backward()
+        grads[variant] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    enc = "encoder.layers.0.fc1.weight"
+    assert grads["identity"][enc].abs().sum() > 0
+    assert torch.allclose(grads["grl"][enc], -0.3 * grads["identity"][enc], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(grads["grl"]["feature_extractor.conv_layers.0.0.weight"],
+                          -0.3 * grads["identity"]["feature_extractor.conv_layers.0.0.weight"], rtol=1e-3, atol=1e-8)
+    head_param = "spk_head.mlp.0.weight" if head == "spk" else "pitch_head.mlp.0.weight"
+    assert torch.allclose(grads["grl"][head_param], grads["identity"][head_param], atol=1e-6)  # head not reversed
+    if head == "spk":  # layers above the tapped layer get nothing from the speaker loss
+        assert "encoder.layers.2.fc1.weight" not in grads["grl"]
+
+
+def test_auxiliary_pitch_is_not_reversed(task_and_batch, fixed_masks):
+    task, batch = task_and_batch
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    reverse_grad(x, 0.7).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -0.7))
+    grads = []
+    for variant in ("grl", "identity"):
+        model = build(task, pitch_mode="auxiliary", spk_layer=0, grl_lambda_max=0.7).eval()
+        if variant == "identity":
+            model.grl = nn.Identity()
+        out = model(target_list=batch["target_list"], **batch["net_input"])
+        assert "spk_logits" not in out
+        out["pitch_pred"].pow(2).sum().backward()
+        grads.append(model.encoder.layers[0].fc1.weight.grad.clone())
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+def test_lambda_schedules():
+    assert grl_lambda("constant", 0, 0.7, 100) == 0.7
+    assert grl_lambda("dann", 0, 1.0, 100) == 0.0
+    assert grl_lambda("dann", 50, 1.0, 100) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert grl_lambda("dann", 10_000, 2.0, 100) == pytest.approx(2 * (2 / (1 + math.exp(-10)) - 1))
+    assert grl_lambda("linear", 25, 2.0, 100) == pytest.approx(0.5)
+    assert grl_lambda("linear", 500, 2.0, 100) == pytest.approx(2.0)
+    values = [grl_lambda("dann", u, 1.0, 100) for u in range(0, 120, 10)]
+    assert values == sorted(values)
+    with pytest.raises(ValueError, match="positive ramp"):
+        grl_lambda("linear", 1, 1.0, 0)
+    with pytest.raises(ValueError, match="unknown GRL schedule"):
+        grl_lambda("cosine", 1, 1.0, 10)
+    assert "lambda_=0.5" in repr(GradientReversal(0.5))
+
+
+def test_model_schedule_follows_num_updates(task_and_batch):
+    task, batch = task_and_batch
+    model = build(task, grl_schedule="linear", grl_lambda_max=1.0, grl_warmup_updates=0, max_update=40)
+    model.set_num_updates(10)  # horizon = max_update
+    assert model.grl.lambda_ == pytest.approx(0.25)
+    model = build(task, grl_schedule="dann", grl_warmup_updates=20)
+    model.set_num_updates(10)
+    out = model(target_list=batch["target_list"], **batch["net_input"])
+    assert out["grl_lambda"] == pytest.approx(0.5 * (2 / (1 + math.exp(-5)) - 1))
+    with pytest.raises(ValueError, match="grl_warmup_updates"):
+        build(task, grl_schedule="dann", max_update=0)
+    with pytest.raises(ValueError, match="spk_layer=4 must be in"):
+        build(task, spk_layer=4)
+
+
+@pytest.mark.parametrize("pool", [MaskedMeanPooling(), AttentivePooling(6, 8)])
+def test_masked_pooling_batched_equals_single(pool):
+    torch.manual_seed(0)
+    lengths = [7, 3, 10, 1]
+    seqs = [torch.randn(n, 6) for n in lengths]
+    x = torch.full((4, 10, 6), 123.0)  # garbage in padded frames must not matter
+    pad = torch.ones(4, 10, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        x[i, :len(s)], pad[i, :len(s)] = s, False
+    batched = pool(x, pad)
+    for i, s in enumerate(seqs):
+        assert torch.allclose(batched[i], pool(s[None], None)[0], atol=1e-6)
+    assert torch.allclose(MaskedMeanPooling()(x, pad)[1], seqs[1].mean(0), atol=1e-6)
+
+
+def test_pitch_targets_follow_model_frames(task_and_batch):
+    task, batch = task_and_batch
+    model = build(task)
+    assert model.feat2pitch_ratio == 2.0  # 100 Hz pitch, 320-sample frames at 16 kHz
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    pitch = torch.arange(24.0).view(2, 12, 1).repeat(1, 1, 2)
+    tgt, valid = model.get_pitch_targets({"padding_mask": pad}, pitch, torch.tensor([12, 7]))
+    assert tgt[0, :, 0].tolist() == [0, 2, 4, 6, 8, 10]
+    assert valid[1].tolist() == [True, True, True, True, False, False]  # frame 4 <- pitch 8 >= 7, and padding
+    assert valid[0].all()
+
+
+def test_criteria_are_summable_and_match_fairseq(task_and_batch, fixed_masks):
+    from fairseq.criterions.hubert_criterion import HubertCriterion
+    from fairseq.logging import metrics
+
+    task, batch = task_and_batch
+    model = build(task).eval()
+    kw = dict(pred_masked_weight=1.0, pred_nomask_weight=0.5, loss_weights=[10.0])
+    losses = {}
+    for name, crit in (("fairseq", HubertCriterion(task, **kw)), ("ours", HubertSummableCriterion(task, **kw)),
+                       ("dh0", DHubertCriterion(task, **kw, spk_weight=0, pitch_weight=0, vuv_weight=0)),
+                       ("dh", DHubertCriterion(task, **kw, spk_weight=1, pitch_weight=2, vuv_weight=3))):
+        losses[name] = crit(model, batch)
+    assert losses["ours"][0].item() == pytest.approx(losses["fairseq"][0].item(), rel=1e-5)
+    assert losses["dh0"][0].item() == pytest.approx(losses["fairseq"][0].item(), rel=1e-5)
+    loss, sample_size, log = losses["dh"]
+    heads = log["loss_spk"] + log["loss_pitch"] + log["loss_vuv"]
+    assert loss.item() == pytest.approx(losses["fairseq"][0].item() + float(heads), rel=1e-5)
+    assert float(log["loss_pitch"]) == pytest.approx(2 * float(log["pitch_sq_err"]) / log["pitch_voiced"] * sample_size)
+    assert DHubertCriterion.logging_outputs_can_be_summed() and HubertSummableCriterion.logging_outputs_can_be_summed()
+    for v in log.values():  # plain numbers: the trainer all-reduces them
+        assert isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)
+    # summing logging outputs first (multi-process) gives the same metrics as reducing the list
+    log2 = DHubertCriterion(task, **kw)(model, batch)[2]
+    summed = {k: log[k] + log2[k] for k in log}
+    results = []
+    for outputs in ([log, log2], [summed]):
+        with metrics.aggregate(new_root=True) as agg:
+            DHubertCriterion.reduce_metrics(outputs)
+            results.append(agg.get_smoothed_values())
+    expected = {"loss", "spk_acc", "pitch_rmse", "vuv_acc", "grl_lambda", "correct_m_0"}
+    assert set(results[0]) == set(results[1]) >= expected
+    for k in results[0]:
+        assert float(results[0][k]) == pytest.approx(float(results[1][k]), rel=1e-3, abs=1e-3), k
