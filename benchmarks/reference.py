@@ -20,6 +20,21 @@ def fairseq_examples_dir() -> Path:
     return Path(os.path.dirname(fairseq.__file__)) / "examples" / "hubert"
 
 
+def _missing_attribute(module: str):
+    """Module ``__getattr__`` whose attributes raise ImportError only when they are used."""
+
+    def getattr_(attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def unavailable(*args, **kwargs):
+            raise ImportError(f"{module}.{attr} is a stub: {module} is not installed")
+
+        return unavailable
+
+    return getattr_
+
+
 def fairseq_example(relpath: str, stub_modules: tuple = ()) -> types.ModuleType:
     """Import ``fairseq/examples/hubert/<relpath>`` as a module.
 
@@ -35,6 +50,7 @@ def fairseq_example(relpath: str, stub_modules: tuple = ()) -> types.ModuleType:
     for name in stub_modules:
         if name not in sys.modules and importlib.util.find_spec(name) is None:
             stub = types.ModuleType(name)
+            stub.__getattr__ = _missing_attribute(name)  # lets `from stub import X` succeed
             sys.modules[name] = stub
     name = "fairseq_ref_" + relpath.replace("/", "_").removesuffix(".py")
     spec = importlib.util.spec_from_file_location(name, path)
