@@ -19,6 +19,9 @@ import fairseq_ext.tasks.dhubert_pretraining  # noqa: F401,E402
 # --- end disentangled HuBERT ---
 
 # --- PASE (tasks, models, criteria) ---
+import fairseq_ext.tasks.pase_pretraining  # noqa: F401,E402
+import fairseq_ext.models.pase  # noqa: F401,E402
+import fairseq_ext.criteria.pase  # noqa: F401,E402
 # --- end PASE ---
 
 # --- speaker classification (tasks, models, criteria) ---
