@@ -28,8 +28,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["fairseq_ext", "fairseq_ext.*", "simple_kmeans", "simple_kmeans.*"]),
-    package_data={"fairseq_ext": ["config/**/*.yaml"]},
+    packages=find_packages(include=["fairseq_ext", "fairseq_ext.*", "simple_kmeans", "simple_kmeans.*"])
+    + ["fairseq_ext.config"],
+    # the hydra configs of config/ ship inside the installed package (fairseq_ext.config_dir())
+    package_dir={"fairseq_ext.config": "config"},
+    package_data={"fairseq_ext.config": ["*/*.yaml", "*/*/*.yaml"]},
     # torch and fairseq are installed by scripts/setup_env.sh (CPU wheel here, the user's CUDA
     # build on GPU nodes; fairseq with --no-deps because it declares torchaudio).
     install_requires=[

@@ -6,6 +6,7 @@ registers every task, model and criterion below. fairseq's user-dir loader auto-
 """
 
 from fairseq_ext.checkpoint import load_model, register_safe_globals
+from fairseq_ext.paths import config_dir
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,9 @@ import fairseq_ext.criteria.pase  # noqa: F401,E402
 # --- end PASE ---
 
 # --- speaker classification (tasks, models, criteria) ---
+import fairseq_ext.criteria.am_softmax  # noqa: F401,E402
+import fairseq_ext.models.conformer_speaker  # noqa: F401,E402
+import fairseq_ext.tasks.speaker_classification  # noqa: F401,E402
 # --- end speaker classification ---
 
-__all__ = ["load_model", "register_safe_globals", "__version__"]
+__all__ = ["config_dir", "load_model", "register_safe_globals", "__version__"]
