@@ -1,0 +1,534 @@
+"""Usage: fairseq-ext-labels AUDIO_ROOT OUT_DIR [options]     labels for your audio
+       fairseq-ext-labels --tsv-dir MANIFESTS OUT_DIR [options]   ... from existing train/valid.tsv
+       fairseq-ext-labels --demo OUT_DIR [options]             ... for a generated demo corpus
+
+The whole HuBERT label pipeline in one command, in fairseq's file layout:
+
+  1. manifest   OUT_DIR/manifest/{train,valid}.tsv     (fairseq-ext-manifest; skipped with --tsv-dir)
+  2. features   OUT_DIR/feat/{split}_{rank}_{N}.npy/.len   MFCC (default) or HuBERT (--feature hubert
+                --ckpt CKPT --layer L), N shards per split (--nshard) run as --jobs local processes
+  3. k-means    OUT_DIR/km.mdl                 on the train features (--n-clusters, --backend faiss|sklearn,
+                --percent)
+  4. labels     OUT_DIR/labels/{split}_{rank}_{N}.km
+  5. merge      OUT_DIR/labels/{split}.km and dict.km.txt (checked against manifest and features)
+  6. quality    OUT_DIR/quality.txt / quality.json: label statistics and, with --phones
+                (uid<TAB>p1,p2,... at 100 Hz), phone purity, cluster purity and PNMI
+  7. espnet     OUT_DIR/espnet/ (with --espnet): ESPnet hubert1/ssl1 text + tokens.txt
+
+Then train: fairseq-hydra-train ... task.data=OUT_DIR/manifest task.label_dir=OUT_DIR/labels
+task.labels='["km"]' model.label_rate=100 (50 for HuBERT-feature labels); the command is printed.
+
+Reruns: every unit of work (a step, or one shard of a step) records, after its outputs have
+been renamed into place, a stamp OUT_DIR/.stamps/<unit>.json holding a hash of its inputs and
+settings. A unit is skipped ("skipping ...") when its stamp matches and all its outputs exist;
+an interrupted unit has no stamp and is redone; a deleted output redoes only its unit; changed
+settings or inputs (new audio files, another K, ...) redo the units they affect. --force redoes
+everything.
+
+--demo OUT_DIR generates a synthetic corpus with known phones in OUT_DIR/corpus (4 speakers x
+12 utterances, simple_kmeans.make_demo_corpus), runs every step on it with --phones and prints
+the quality report; it takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from simple_kmeans.common import (
+    PipelineError, atomic_output, feat_paths, label_path, read_manifest, run_cli, setup_logging,
+)
+
+logger = logging.getLogger("pipeline")
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+DEMO = {"n_speakers": 4, "utts_per_speaker": 12, "seed": 0, "valid_percent": 0.1}
+LABEL_RATE = {"mfcc": 100, "hubert": 50}
+# Below this much audio in a step, starting worker processes costs more than it saves.
+PARALLEL_MIN_AUDIO_S = 600.0
+
+
+# --------------------------------------------------------------------------- units and stamps
+
+
+def digest(obj) -> str:
+    """Stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def file_digest(path: os.PathLike | str) -> str:
+    """Content hash of a (small) file such as a manifest or a phone reference."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def file_fingerprint(path: os.PathLike | str) -> List:
+    """Path, size and modification time of a large input (a checkpoint), without reading it."""
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+@dataclass
+class Unit:
+    """One unit of work: ``func`` (``"module:function"``) called with ``kwargs``, producing ``outputs``."""
+
+    name: str
+    func: str
+    kwargs: Dict[str, object]
+    outputs: List[Path]
+    inputs: Dict[str, object] = field(default_factory=dict)  # what the signature covers
+
+    @property
+    def signature(self) -> str:
+        """Hash of what the unit does and reads (absolute paths: a moved folder is redone)."""
+        return digest({"func": self.func, "kwargs": self.kwargs, "inputs": self.inputs})
+
+
+def call(func: str, kwargs: Dict[str, object]):
+    """Import ``module:function`` lazily and call it (also the entry point of worker processes)."""
+    module, name = func.split(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def _quiet_loggers() -> None:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Could not load AVX512 ..." noise
+
+
+def _init_worker() -> None:
+    setup_logging()
+    _quiet_loggers()
+
+
+@contextlib.contextmanager
+def _environ(values: Dict[str, str]):
+    """Temporarily set environment variables that are not already set (the user's settings win)."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Refuse to run two pipelines on the same output folder at once."""
+    import fcntl
+
+    with open(out / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"another fairseq-ext-labels is running in {out}; wait for it to finish") from None
+        yield
+
+
+class Runner:
+    """Runs units, skipping those whose stamp matches (see the module docstring).
+
+    Parallel units go to a pool of ``jobs`` spawned worker processes, started on first use
+    (each with ``cores // jobs`` BLAS/OpenMP threads) and kept until :meth:`close`.
+    """
+
+    def __init__(self, out_dir: Path, jobs: int = 1, force: bool = False):
+        self.stamp_dir = out_dir / ".stamps"
+        self.jobs = max(1, jobs)
+        self.force = force
+        self.ran: List[str] = []
+        self.skipped: List[str] = []
+        self._pool = None
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(terminate=exc_type is not None)
+
+    def close(self, terminate: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=terminate)
+            self._pool = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:  # spawn: fork is unsafe after OpenMP/torch use in this process
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker)
+        return self._pool
+
+    def stamp_path(self, unit: Unit) -> Path:
+        return self.stamp_dir / (unit.name.replace("/", "__") + ".json")
+
+    def is_done(self, unit: Unit) -> bool:
+        path = self.stamp_path(unit)
+        if not path.is_file() or not all(Path(p).exists() for p in unit.outputs):
+            return False
+        try:
+            return json.loads(path.read_text()).get("signature") == unit.signature
+        except (OSError, ValueError):
+            return False
+
+    def _finish(self, unit: Unit, seconds: float) -> None:
+        with atomic_output(self.stamp_path(unit)) as f:
+            json.dump({"signature": unit.signature, "outputs": [str(p) for p in unit.outputs],
+                       "seconds": round(seconds, 3), "inputs": unit.inputs, "kwargs": unit.kwargs},
+                      f, indent=1, default=str)
+        self.ran.append(unit.name)
+        logger.info("done %s (%.1f s)", unit.name, seconds)
+
+    def run(self, units: Sequence[Unit], parallel: bool = False) -> None:
+        """Run the units that are not done; with ``parallel``, in the worker pool.
+
+        ``parallel`` is ignored (units run in this process) for one unit or ``jobs=1``.
+        """
+        todo, done = [], []
+        for unit in units:
+            (done if not self.force and self.is_done(unit) else todo).append(unit)
+        self.skipped += [u.name for u in done]
+        step = units[0].name.split("/")[0] if units else ""
+        if len(units) > 1 and len(done) == len(units):
+            logger.info("skipping %s: all %d units already done", step, len(units))
+        else:
+            for unit in done:
+                logger.info("skipping %s: already done", unit.name)
+        self.stamp_dir.mkdir(parents=True, exist_ok=True)
+        for unit in todo:  # a redo must not leave a stamp that matches half-new outputs
+            with contextlib.suppress(FileNotFoundError):
+                self.stamp_path(unit).unlink()
+        if not (parallel and self.jobs > 1 and len(todo) > 1):
+            for unit in todo:
+                logger.info("running %s", unit.name)
+                start = time.perf_counter()
+                call(unit.func, unit.kwargs)
+                self._finish(unit, time.perf_counter() - start)
+            return
+        logger.info("running %s in %d processes: %s", step, self.jobs, ", ".join(u.name for u in todo))
+        start = time.perf_counter()
+        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        with _environ({k: threads for k in THREAD_VARS}):  # inherited by workers started by submit()
+            futures = {self.pool().submit(call, u.func, u.kwargs): u for u in todo}
+        errors = []
+        for fut in as_completed(futures):  # finished units get their stamps even if another one fails
+            unit = futures[fut]
+            try:
+                fut.result()
+            except BrokenProcessPool:
+                errors.append((unit, PipelineError(
+                    f"a worker process died while running {unit.name} (out of memory?); "
+                    f"rerun with fewer --jobs")))
+            except Exception as e:
+                errors.append((unit, e))
+            else:
+                self._finish(unit, time.perf_counter() - start)
+        for unit, e in errors:
+            logger.error("%s failed: %s", unit.name, e)
+        if errors:
+            unit, e = errors[0]
+            if isinstance(e, PipelineError):
+                raise PipelineError(f"{len(errors)} unit(s) failed; first: {unit.name}: {e}")
+            raise e
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _quality_step(tsv_dir: str, lab_dir: str, splits: List[str], phones: Optional[str],
+                  upsample: int, n_clusters: int, json_path: str, txt_path: str) -> None:
+    """Measure label quality (``measure_quality.main``) and save the report as text and JSON."""
+    from simple_kmeans import measure_quality
+
+    phn = {}
+    if phones:
+        phn = {"phn_dir": str(Path(phones).parent), "phn_sets": [Path(phones).name[:-len(".tsv")]]}
+    report = measure_quality.main(tsv_dir, lab_dir, "km", lab_sets=splits, upsample=upsample,
+                                  n_clusters=n_clusters, json_path=json_path, quiet=True, **phn)
+    with atomic_output(txt_path) as f:
+        f.write(measure_quality.format_report(report))
+
+
+def _list_audio(root: Path, ext: str) -> List:
+    """(relpath, size, mtime) of the audio files the manifest step would see: its input fingerprint."""
+    from simple_kmeans.manifest import find_audio, parse_extensions
+
+    out = []
+    for rel in find_audio(root, parse_extensions(ext)):
+        st = os.stat(root / rel)
+        out.append([rel, st.st_size, st.st_mtime_ns])
+    return out
+
+
+@dataclass
+class Settings:
+    """Everything :func:`main` was asked to do (CLI options, resolved)."""
+
+    out: Path
+    audio_root: Optional[str]
+    tsv_dir: Optional[str]
+    demo: bool
+    feature: str
+    ckpt: Optional[str]
+    layer: Optional[int]
+    max_chunk: int
+    nshard: int
+    n_clusters: int
+    backend: str
+    percent: float
+    seed: int
+    valid_percent: Optional[float]
+    ext: str
+    sample_rate: int
+    min_samples: int
+    skip_bad: bool
+    phones: Optional[str]
+    espnet: bool
+    uid_style: str
+
+
+class LabelPipeline:
+    """The steps of the pipeline; each one builds its units, with signatures chained from the previous step."""
+
+    def __init__(self, cfg: Settings, runner: Runner):
+        self.cfg, self.runner = cfg, runner
+        self.feat_dir, self.lab_dir, self.km_path = cfg.out / "feat", cfg.out / "labels", cfg.out / "km.mdl"
+        self.man_dir = Path(cfg.tsv_dir).resolve() if cfg.tsv_dir else cfg.out / "manifest"
+
+    def corpus(self) -> None:
+        corpus = self.cfg.out / "corpus"
+        kw = {"out_dir": str(corpus), "n_speakers": DEMO["n_speakers"],
+              "utts_per_speaker": DEMO["utts_per_speaker"], "seed": DEMO["seed"]}
+        self.runner.run([Unit("corpus", "simple_kmeans.make_demo_corpus:main", kw,
+                              [corpus / "phones.tsv", corpus / "speakers.tsv", corpus / "f0.tsv"])])
+        self.cfg.audio_root = str(corpus / "wav")
+        self.cfg.phones = self.cfg.phones or str(corpus / "phones.tsv")
+        if self.cfg.valid_percent is None:
+            self.cfg.valid_percent = DEMO["valid_percent"]
+
+    def manifest(self) -> None:
+        cfg = self.cfg
+        if not cfg.tsv_dir:
+            root = Path(cfg.audio_root).resolve()
+            if not root.is_dir():
+                raise PipelineError(f"audio root {cfg.audio_root} is not a folder")
+            vp = 0.01 if cfg.valid_percent is None else cfg.valid_percent
+            kw = {"root": str(root), "dest": str(self.man_dir), "ext": cfg.ext, "valid_percent": vp,
+                  "seed": cfg.seed, "sample_rate": cfg.sample_rate, "min_samples": cfg.min_samples,
+                  "skip_bad": cfg.skip_bad}
+            outputs = [self.man_dir / "train.tsv"] + ([self.man_dir / "valid.tsv"] if vp > 0 else [])
+            self.runner.run([Unit("manifest", "simple_kmeans.manifest:main", kw, outputs,
+                                  {"audio": digest(_list_audio(root, cfg.ext))})])
+        self.splits = [s for s in ("train", "valid") if (self.man_dir / f"{s}.tsv").is_file()]
+        if "train" not in self.splits:
+            raise PipelineError(f"{self.man_dir}/train.tsv does not exist")
+        manifests = {s: read_manifest(self.man_dir / f"{s}.tsv") for s in self.splits}
+        self.shards = {s: min(cfg.nshard, len(m)) for s, m in manifests.items()}
+        audio_s = sum(e.n_samples for m in manifests.values() for e in m.entries) / cfg.sample_rate
+        self.parallel = audio_s >= PARALLEL_MIN_AUDIO_S
+        if not self.parallel and self.runner.jobs > 1:
+            logger.info("only %.0f s of audio: running the shards in this process", audio_s)
+        self.man_sig = {s: file_digest(self.man_dir / f"{s}.tsv") for s in self.splits}
+
+    def _shards(self):
+        return [(s, r, self.shards[s]) for s in self.splits for r in range(self.shards[s])]
+
+    def features(self) -> None:
+        cfg = self.cfg
+        if cfg.feature == "mfcc":
+            func, fkw, extra = "simple_kmeans.dump_mfcc_feature:main", {"sample_rate": cfg.sample_rate}, {}
+        else:
+            func = "simple_kmeans.dump_hubert_feature:main"
+            fkw = {"ckpt_path": str(Path(cfg.ckpt).resolve()), "layer": cfg.layer, "max_chunk": cfg.max_chunk}
+            extra = {"ckpt": file_fingerprint(cfg.ckpt)}
+        self.feat_sig = {s: digest([self.man_sig[s], func, fkw, extra, self.shards[s]]) for s in self.splits}
+        self.runner.run([
+            Unit(f"features/{s}_{r}_{n}", func, {"tsv_dir": str(self.man_dir), "split": s, "nshard": n, "rank": r,
+                                                 "feat_dir": str(self.feat_dir), **fkw},
+                 list(feat_paths(self.feat_dir, s, r, n)), {"features": self.feat_sig[s]})
+            for s, r, n in self._shards()], parallel=self.parallel)
+
+    def kmeans(self) -> None:
+        cfg = self.cfg
+        kw = {"feat_dir": str(self.feat_dir), "split": "train", "nshard": self.shards["train"],
+              "km_path": str(self.km_path), "n_clusters": cfg.n_clusters, "seed": cfg.seed,
+              "percent": cfg.percent, "backend": cfg.backend}
+        unit = Unit("kmeans", "simple_kmeans.learn_kmeans:main", kw, [self.km_path],
+                    {"features": self.feat_sig["train"]})
+        self.runner.run([unit])
+        self.lab_sig = {s: digest([self.feat_sig[s], unit.signature]) for s in self.splits}
+
+    def labels(self) -> None:
+        self.runner.run([
+            Unit(f"labels/{s}_{r}_{n}", "simple_kmeans.dump_km_label:main",
+                 {"feat_dir": str(self.feat_dir), "split": s, "km_path": str(self.km_path), "nshard": n,
+                  "rank": r, "lab_dir": str(self.lab_dir)},
+                 [label_path(self.lab_dir, s, r, n)], {"labels": self.lab_sig[s]})
+            for s, r, n in self._shards()], parallel=self.parallel)
+
+    def merge(self) -> None:
+        self.runner.run([
+            Unit(f"merge/{s}", "simple_kmeans.merge_labels:main",
+                 {"lab_dir": str(self.lab_dir), "split": s, "nshard": self.shards[s], "tsv_dir": str(self.man_dir),
+                  "feat_dir": str(self.feat_dir), "n_clusters": self.cfg.n_clusters},
+                 [self.lab_dir / f"{s}.km", self.lab_dir / "dict.km.txt"], {"labels": self.lab_sig[s]})
+            for s in self.splits])
+        self.merged_sig = digest([self.lab_sig[s] for s in self.splits])
+
+    def quality(self) -> None:
+        cfg, out = self.cfg, self.cfg.out
+        kw = {"tsv_dir": str(self.man_dir), "lab_dir": str(self.lab_dir), "splits": self.splits,
+              "phones": str(Path(cfg.phones).resolve()) if cfg.phones else None,
+              "upsample": 100 // LABEL_RATE[cfg.feature], "n_clusters": cfg.n_clusters,
+              "json_path": str(out / "quality.json"), "txt_path": str(out / "quality.txt")}
+        inputs = {"labels": self.merged_sig, "phones": file_digest(cfg.phones) if cfg.phones else None}
+        self.runner.run([Unit("quality", "simple_kmeans.pipeline:_quality_step", kw,
+                              [out / "quality.json", out / "quality.txt"], inputs)])
+
+    def espnet(self) -> None:
+        esp = self.cfg.out / "espnet"
+        kw = {"tsv_dir": str(self.man_dir), "lab_dir": str(self.lab_dir), "split": self.splits,
+              "out_dir": str(esp), "n_clusters": self.cfg.n_clusters, "uid_style": self.cfg.uid_style}
+        outputs = [esp / "tokens.txt"] + [esp / s / "text" for s in self.splits]
+        self.runner.run([Unit("espnet", "simple_kmeans.export_espnet:main", kw, outputs,
+                              {"labels": self.merged_sig})])
+
+    def run(self) -> None:
+        if self.cfg.demo:
+            self.corpus()
+        self.manifest()
+        self.features()
+        self.kmeans()
+        self.labels()
+        self.merge()
+        self.quality()
+        if self.cfg.espnet:
+            self.espnet()
+
+    def training_command(self) -> str:
+        """The fairseq-hydra-train command line that uses these labels."""
+        spec = importlib.util.find_spec("fairseq")  # located, not imported (importing loads torch)
+        fairseq_dir = list(spec.submodule_search_locations)[0] if spec else "<fairseq>"
+        return (f"fairseq-hydra-train --config-dir {fairseq_dir}/examples/hubert/config/pretrain "
+                "--config-name hubert_base_librispeech "
+                f"task.data={self.man_dir} task.label_dir={self.lab_dir} "
+                f"task.labels='[\"km\"]' model.label_rate={LABEL_RATE[self.cfg.feature]} "
+                f"distributed_training.distributed_world_size=1 hydra.run.dir={self.cfg.out / 'hubert'}")
+
+
+def main(audio_root: Optional[str] = None, out_dir: Optional[str] = None, demo: Optional[str] = None,
+         tsv_dir: Optional[str] = None, feature: str = "mfcc", ckpt: Optional[str] = None,
+         layer: Optional[int] = None, max_chunk: int = 1600000, nshard: int = 4,
+         jobs: Optional[int] = None, n_clusters: int = 100, backend: str = "faiss",
+         percent: float = -1.0, seed: int = 0, valid_percent: Optional[float] = None,
+         ext: str = "wav,flac", sample_rate: int = 16000, min_samples: int = 0,
+         skip_bad: bool = False, phones: Optional[str] = None, espnet: bool = False,
+         uid_style: str = "basename", force: bool = False, quiet: bool = False) -> Dict[str, object]:
+    """Run the pipeline (see the module docstring); ``quiet`` prints nothing to stdout.
+
+    Returns:
+        ``{"out_dir": Path, "ran": [unit names], "skipped": [unit names], "splits": [str],
+        "report": dict, "report_text": str, "train_command": str}``.
+    """
+    if demo:
+        if audio_root or out_dir or tsv_dir:
+            raise PipelineError("--demo OUT_DIR takes no AUDIO_ROOT, OUT_DIR or --tsv-dir")
+        out_dir = demo
+    elif tsv_dir:
+        if audio_root and out_dir:
+            raise PipelineError("give either AUDIO_ROOT or --tsv-dir, not both")
+        out_dir, audio_root = out_dir or audio_root, None  # `--tsv-dir M OUT`: argparse puts OUT first
+    elif not (audio_root and out_dir):
+        raise PipelineError("usage: fairseq-ext-labels AUDIO_ROOT OUT_DIR (or --tsv-dir DIR OUT_DIR, "
+                            "or --demo OUT_DIR); see --help")
+    if feature not in LABEL_RATE:
+        raise PipelineError(f"--feature must be mfcc or hubert, got {feature!r}")
+    if feature == "hubert" and (not ckpt or layer is None):
+        raise PipelineError("--feature hubert needs --ckpt CHECKPOINT and --layer L")
+    if feature == "hubert" and not os.path.isfile(ckpt):
+        raise PipelineError(f"checkpoint {ckpt} does not exist")
+    if nshard < 1 or n_clusters < 1:
+        raise PipelineError("--nshard and --n-clusters must be >= 1")
+    if phones and (not phones.endswith(".tsv") or not os.path.isfile(phones)):
+        raise PipelineError(f"--phones {phones}: expected an existing .tsv file (uid<TAB>p1,p2,...)")
+
+    _quiet_loggers()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = Settings(out, audio_root, tsv_dir, bool(demo), feature, ckpt, layer, max_chunk, nshard, n_clusters,
+                   backend, percent, seed, valid_percent, ext, sample_rate, min_samples, skip_bad, phones,
+                   espnet, uid_style)
+    with _exclusive(out), Runner(out, jobs=jobs or min(nshard, os.cpu_count() or 1), force=force) as runner:
+        pipe = LabelPipeline(cfg, runner)
+        pipe.run()
+    report_text = (out / "quality.txt").read_text()
+    command = pipe.training_command()
+    logger.info("finished: ran %d units, skipped %d; outputs in %s", len(runner.ran), len(runner.skipped), out)
+    if not quiet:
+        print(report_text)
+        print(f"Labels: {pipe.lab_dir}/{{{','.join(pipe.splits)}}}.km and {pipe.lab_dir}/dict.km.txt\n"
+              f"Train HuBERT on them (one GPU; set distributed_world_size to your GPU count):\n  {command}")
+    return {"out_dir": out, "ran": runner.ran, "skipped": runner.skipped, "splits": pipe.splits,
+            "report": json.loads((out / "quality.json").read_text()), "report_text": report_text,
+            "train_command": command}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("audio_root", nargs="?", help="folder of audio files (searched recursively)")
+    p.add_argument("out_dir", nargs="?", help="output folder")
+    p.add_argument("--demo", metavar="OUT_DIR", default=None,
+                   help="generate a demo corpus in OUT_DIR/corpus and run everything on it")
+    p.add_argument("--tsv-dir", default=None, help="use existing train.tsv (and valid.tsv) from this folder")
+    g = p.add_argument_group("manifest")
+    g.add_argument("--ext", default="wav,flac", help="audio extensions (default: %(default)s)")
+    g.add_argument("--valid-percent", type=float, default=None,
+                   help="fraction of files in valid.tsv (default 0.01; 0.1 with --demo; 0: no valid split)")
+    g.add_argument("--sample-rate", type=int, default=16000, help="required sample rate in Hz (default: %(default)s)")
+    g.add_argument("--min-samples", type=int, default=0, help="leave out shorter files")
+    g.add_argument("--skip-bad", action="store_true", help="leave out unusable audio files instead of failing")
+    g = p.add_argument_group("features")
+    g.add_argument("--feature", choices=sorted(LABEL_RATE), default="mfcc", help="feature type (default: %(default)s)")
+    g.add_argument("--ckpt", default=None, help="HuBERT checkpoint (--feature hubert)")
+    g.add_argument("--layer", type=int, default=None, help="HuBERT layer (--feature hubert)")
+    g.add_argument("--max-chunk", type=int, default=1600000, help="HuBERT: samples per forward chunk")
+    g.add_argument("--nshard", type=int, default=4, help="shards per split (default: %(default)s; fewer for tiny splits)")
+    g.add_argument("--jobs", type=int, default=None, help="parallel processes (default: min(nshard, cores))")
+    g = p.add_argument_group("k-means and labels")
+    g.add_argument("--n-clusters", type=int, default=100, help="number of clusters K (default: %(default)s)")
+    g.add_argument("--backend", choices=["faiss", "sklearn"], default="faiss", help="k-means backend (default: %(default)s)")
+    g.add_argument("--percent", type=float, default=-1.0,
+                   help="fraction of train utterances for k-means (-1: all)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the valid split and of k-means (default: %(default)s)")
+    g = p.add_argument_group("report and export")
+    g.add_argument("--phones", default=None, help="frame-level phone reference .tsv (uid<TAB>p1,p2,...)")
+    g.add_argument("--espnet", action="store_true", help="also export ESPnet pseudo-label files")
+    g.add_argument("--uid-style", choices=["basename", "relpath"], default="basename",
+                   help="ESPnet utterance ids")
+    p.add_argument("--force", action="store_true", help="redo every step")
+    return p
+
+
+def cli(argv=None) -> None:
+    run_cli(main, get_parser(), argv)
+
+
+if __name__ == "__main__":
+    cli()

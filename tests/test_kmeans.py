@@ -1,0 +1,222 @@
+"""learn_kmeans.py: fairseq-compatible models from both backends, sampling, memory cap, CLI, errors."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from simple_kmeans import learn_kmeans
+from simple_kmeans.common import NpyStreamWriter, PipelineError
+
+REPO = Path(__file__).resolve().parents[1]
+DIM, N_BLOBS = 8, 6
+
+
+def write_shards(feat_dir: Path, split: str = "train", nshard: int = 2, seed: int = 0, blobs: bool = True):
+    """Shards of utterances of 20-80 frames; frames around 6 well-separated centers (or N(0, 1)).
+
+    Returns ``(centers, per-shard frames, per-shard true blob ids)``.
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((N_BLOBS, DIM)) * 10
+    feats, ids = [], []
+    for rank in range(nshard):
+        lengths = rng.integers(20, 80, size=30)
+        y = rng.integers(N_BLOBS, size=int(lengths.sum()))
+        x = centers[y] + 0.5 * rng.standard_normal((len(y), DIM)) if blobs else \
+            rng.standard_normal((len(y), DIM))
+        x = x.astype(np.float32)
+        with NpyStreamWriter(feat_dir / f"{split}_{rank}_{nshard}.npy", DIM) as w:
+            pos = 0
+            for n in lengths:
+                w.append(x[pos:pos + n])
+                pos += n
+        (feat_dir / f"{split}_{rank}_{nshard}.len").write_text("".join(f"{n}\n" for n in lengths))
+        feats.append(x)
+        ids.append(y)
+    return centers, feats, ids
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    d = tmp_path / "feat"
+    d.mkdir()
+    return d, *write_shards(d)
+
+
+SMALL_SKLEARN = dict(max_iter=5, batch_size=256, n_init=3)
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "faiss"])
+def test_model_loads_in_fairseq_and_finds_blobs(blobs, tmp_path, backend):
+    from benchmarks.reference import fairseq_example
+
+    feat_dir, centers, feats, ids = blobs
+    km_path = tmp_path / f"{backend}.km.bin"
+    s = learn_kmeans.main(str(feat_dir), "train", 2, str(km_path), N_BLOBS, backend=backend, **SMALL_SKLEARN)
+    assert s.n_frames == sum(len(f) for f in feats) and s.dim == DIM
+    assert 0 < s.inertia_per_frame < 0.5 ** 2 * DIM * 1.2  # noise variance per frame
+    apply = fairseq_example("simple_kmeans/dump_km_label.py").ApplyKmeans(str(km_path))
+    x, y = np.concatenate(feats), np.concatenate(ids)
+    labels = apply(x)
+    # every true blob is one cluster and every cluster one blob
+    pairs = set(zip(y.tolist(), labels.tolist()))
+    assert len(pairs) == N_BLOBS and len({p[1] for p in pairs}) == N_BLOBS
+    model = joblib.load(km_path)
+    assert np.array_equal(model.predict(x), labels)  # a real, fitted sklearn estimator
+    assert model.cluster_centers_.dtype == np.float32 and model.cluster_centers_.shape == (N_BLOBS, DIM)
+    assert b"simple_kmeans" not in km_path.read_bytes()  # unpickles without our package
+
+
+def test_sklearn_backend_equals_fairseq(blobs, tmp_path):
+    """Same seed, same sampling, same MiniBatchKMeans: fairseq's centroids exactly."""
+    from benchmarks.reference import fairseq_example
+
+    feat_dir = blobs[0]
+    ref = fairseq_example("simple_kmeans/learn_kmeans.py")
+    ref_path = tmp_path / "fairseq.km"
+    ref.learn_kmeans(str(feat_dir), "train", 2, str(ref_path), 10, seed=3, percent=0.5, init="k-means++",
+                     max_iter=5, batch_size=256, tol=0.0, n_init=3, reassignment_ratio=0.0,
+                     max_no_improvement=100)
+    ours = tmp_path / "ours.km"
+    learn_kmeans.main(str(feat_dir), "train", 2, str(ours), 10, seed=3, percent=0.5, **SMALL_SKLEARN)
+    np.testing.assert_array_equal(joblib.load(ours).cluster_centers_, joblib.load(ref_path).cluster_centers_)
+
+
+@pytest.mark.parametrize("percent", [-1.0, 0.3])
+def test_sample_equals_fairseq_load_feature(blobs, percent):
+    from benchmarks.reference import fairseq_example
+
+    feat_dir = blobs[0]
+    ref = fairseq_example("simple_kmeans/learn_kmeans.py")
+    np.random.seed(7)
+    expect = ref.load_feature(str(feat_dir), "train", 2, 7, percent)
+    got = learn_kmeans.load_sample(str(feat_dir), "train", 2, percent, np.random.RandomState(7), None, 7)
+    np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("backend,extra", [("sklearn", SMALL_SKLEARN), ("faiss", {}),
+                                           ("faiss", {"max_points_per_centroid": 40, "seed_sample": 100})])
+def test_deterministic_per_seed(tmp_path, backend, extra):
+    feat_dir = tmp_path / "noise"
+    feat_dir.mkdir()
+    write_shards(feat_dir, blobs=False)
+    runs = {}
+    for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
+        path = tmp_path / f"{name}.km"
+        learn_kmeans.main(str(feat_dir), "train", 2, str(path), 12, seed=seed, backend=backend, **extra)
+        runs[name] = joblib.load(path).cluster_centers_
+    np.testing.assert_array_equal(runs["a"], runs["b"])
+    assert not np.array_equal(runs["a"], runs["c"])
+
+
+def test_percent_samples_utterances(blobs, tmp_path, caplog):
+    feat_dir, _, feats, _ = blobs
+    caplog.set_level(logging.INFO)
+    s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "km"), N_BLOBS, percent=0.2,
+                          backend="faiss")
+    rng = np.random.RandomState(0)
+    expect = 0
+    for rank in range(2):
+        lengths = np.loadtxt(feat_dir / f"train_{rank}_2.len", dtype=int)
+        expect += int(lengths[rng.choice(len(lengths), 6, replace=False)].sum())  # ceil(30 * 0.2)
+    assert s.n_frames == expect
+    assert "sampled 6 utterances" in caplog.text
+    assert "inertia per frame" in caplog.text and "peak memory" in caplog.text
+
+
+def test_max_memory_caps_sample(blobs, tmp_path, caplog):
+    feat_dir, _, feats, _ = blobs
+    full = np.concatenate(feats)
+    per_frame = 4 * DIM + learn_kmeans.WORK_BYTES_PER_FRAME
+    budget = 500.5 * per_frame / 2**30
+    caplog.set_level(logging.INFO)
+    s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "km"), N_BLOBS, max_memory=budget,
+                          backend="faiss")
+    assert s.n_frames == 500
+    assert "over --max-memory" in caplog.text
+    sample = learn_kmeans.load_sample(str(feat_dir), "train", 2, -1, np.random.RandomState(0), budget, 0)
+    again = learn_kmeans.load_sample(str(feat_dir), "train", 2, -1, np.random.RandomState(0), budget, 0)
+    np.testing.assert_array_equal(sample, again)
+    # distinct frames of the data, in their original order
+    index = {row.tobytes(): i for i, row in enumerate(full)}
+    where = [index[row.tobytes()] for row in sample]
+    assert len(set(where)) == 500 and where == sorted(where)
+    # with --percent too: a subset of the sampled utterances' frames
+    capped = learn_kmeans.load_sample(str(feat_dir), "train", 2, 0.5, np.random.RandomState(0), budget, 0)
+    assert len(capped) == 500 and len({index[row.tobytes()] for row in capped}) == 500
+    # reading in blocks of 7 rows gives the same sample
+    shards = learn_kmeans.open_shards(str(feat_dir), "train", 2, 0.5, np.random.RandomState(0))
+    small = learn_kmeans.materialize(shards, 500, np.random.default_rng([0, 1]), block_bytes=4 * DIM * 7)
+    np.testing.assert_array_equal(small, capped)
+
+
+def test_sample_positions_uniform():
+    gen = np.random.default_rng(0)
+    pos = learn_kmeans.sample_positions(gen, 10_000, 3000, block=1000)  # 10 blocks
+    assert len(pos) == 3000 and len(np.unique(pos)) == 3000 and np.all(np.diff(pos) > 0)
+    assert pos.min() >= 0 and pos.max() < 10_000
+    counts = np.bincount(pos // 1000, minlength=10)
+    assert counts.min() > 240 and counts.max() < 360  # ~300 per block
+    assert len(learn_kmeans.sample_positions(gen, 10, 10)) == 10
+
+
+def test_cli_and_rerun_overwrites(blobs, tmp_path):
+    feat_dir = blobs[0]
+    out = tmp_path / "km_out"
+    cmd = [sys.executable, "-m", "simple_kmeans.learn_kmeans", str(feat_dir), "train", "2",
+           str(out / "km.bin"), str(N_BLOBS), "--max_iter", "3", "--batch_size", "100", "--n_init", "2",
+           "--percent", "0.5", "--seed", "1"]
+    for _ in range(2):
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "inertia per frame" in r.stderr and "peak memory" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["km.bin"]  # no temporaries, one model
+    assert joblib.load(out / "km.bin").cluster_centers_.shape == (N_BLOBS, DIM)
+    r = subprocess.run(cmd[:3] + ["--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "Usage:" in r.stdout and "--backend" in r.stdout and "--max-memory" in r.stdout
+
+
+def _cli(args):
+    return subprocess.run([sys.executable, "-m", "simple_kmeans.learn_kmeans", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True)
+
+
+def test_missing_shard_exits_2(blobs, tmp_path):
+    r = _cli([blobs[0], "train", 3, tmp_path / "km", 4, "--backend", "faiss"])
+    assert r.returncode == 2 and "train_0_3.npy" in r.stderr and "does not exist" in r.stderr
+
+
+def test_bad_inputs(blobs, tmp_path):
+    feat_dir = blobs[0]
+    (feat_dir / "train_1_2.len").write_text("5\n6\n")
+    r = _cli([feat_dir, "train", 2, tmp_path / "km", 4, "--backend", "faiss"])
+    assert r.returncode == 2 and "train_1_2.len" in r.stderr and "train_1_2.npy" in r.stderr
+    assert not (tmp_path / "km").exists()
+    # shards of different dimensions
+    d = tmp_path / "mixed"
+    d.mkdir()
+    write_shards(d, nshard=1)
+    with NpyStreamWriter(d / "train_0_1.npy", 3) as w:
+        w.append(np.zeros((10, 3)))
+    (d / "train_0_1.len").write_text("10\n")
+    for name in ("train_1_2", "train_0_2"):
+        (d / f"{name}.npy").write_bytes((feat_dir / f"{name}.npy").read_bytes())
+        (d / f"{name}.len").write_text((feat_dir / f"{name}.len").read_text())
+    with NpyStreamWriter(d / "train_1_2.npy", 3) as w:
+        w.append(np.zeros((11, 3)))
+    (d / "train_1_2.len").write_text("11\n")
+    with pytest.raises(PipelineError, match="train_1_2.npy has dimension 3 but .*train_0_2.npy has 8"):
+        learn_kmeans.main(str(d), "train", 2, str(tmp_path / "km"), 4, backend="faiss")
+    with pytest.raises(PipelineError, match="fewer than n_clusters"):
+        learn_kmeans.main(str(feat_dir.parent / "mixed"), "train", 1, str(tmp_path / "km"), 50, backend="faiss")
+    with pytest.raises(PipelineError, match="--percent"):
+        learn_kmeans.main(str(d), "train", 1, str(tmp_path / "km"), 4, percent=1.5)
+    with pytest.raises(PipelineError, match="--init"):
+        learn_kmeans.main(str(d), "train", 1, str(tmp_path / "km"), 4, backend="faiss", init="bogus")
