@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = {
     "fairseq-ext-dump-pitch": "simple_kmeans.dump_pitch_feature",
     "fairseq-ext-pitch-stats": "simple_kmeans.pitch_stats",
     "fairseq-ext-speaker-labels": "simple_kmeans.speaker_labels",
+    "fairseq-ext-train": "fairseq_ext.launch",
 }
 
 setup(

@@ -53,13 +53,31 @@ def register_safe_globals() -> None:
     """Allow-list the classes that fairseq checkpoints pickle (idempotent).
 
     fairseq's ``Dictionary`` (task state of HuBERT checkpoints), ``argparse.Namespace``
-    (``args`` of pre-hydra checkpoints) and numpy scalars and arrays (metric values).
+    (``args`` of pre-hydra checkpoints), numpy scalars and arrays (metric values), and what
+    fairseq pickles when rank 0 broadcasts a loaded checkpoint to the other ranks on resume
+    (``Trainer.load_checkpoint`` -> ``broadcast_object``, unpickled with ``weights_only=True``:
+    the omegaconf ``DictConfig`` and its node types).
     """
     from fairseq.data.dictionary import Dictionary
 
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 loads everything anyway
-        add([Dictionary, argparse.Namespace] + _numpy_safe_globals())
+        add([Dictionary, argparse.Namespace] + _numpy_safe_globals() + _broadcast_safe_globals())
+
+
+def _broadcast_safe_globals() -> list:
+    """omegaconf containers and nodes, and fairseq's tensor placeholder (multi-process resume)."""
+    import collections
+    import inspect
+    import typing
+
+    from fairseq.distributed.utils import _TensorPlaceholder
+    from omegaconf import DictConfig, ListConfig, base, nodes
+
+    node_types = [c for _, c in inspect.getmembers(nodes, inspect.isclass)
+                  if issubclass(c, base.Node) and c.__module__ == nodes.__name__]
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, *node_types, typing.Any,
+            dict, list, tuple, set, int, float, str, bool, collections.defaultdict, _TensorPlaceholder]
 
 
 def unsafe_globals(ckpt_path: str) -> List[str]:
