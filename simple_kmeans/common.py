@@ -7,14 +7,16 @@ Every script in ``simple_kmeans`` goes through these helpers so that the on-disk
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -77,6 +79,91 @@ def shard_range(tot: int, nshard: int, rank: int) -> Tuple[int, int]:
     start = round(tot / nshard * rank)
     end = round(tot / nshard * (rank + 1))
     return start, end
+
+
+SHARD_ENV: Tuple[Tuple[str, str], ...] = (
+    ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID"),  # sbatch --array=0-(N-1): one task per shard
+    ("WORLD_SIZE", "RANK"),  # torchrun, fairseq-ext-run-shards
+)
+"""``(nshard variable, rank variable)`` pairs read by :func:`resolve_shard`, first match wins."""
+
+FROM_ENV = ("env", "-")
+"""Values of a NSHARD / RANK argument that mean "read it from the environment"."""
+
+ShardArg = Union[int, str, None]
+
+
+def shard_arg(value: str) -> Union[int, str]:
+    """argparse ``type`` of NSHARD / RANK: an integer, or ``env`` / ``-`` (resolved by :func:`resolve_shard`)."""
+    if value.strip().lower() in FROM_ENV:
+        return "env"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or 'env' (read from the environment), got {value!r}") from None
+
+
+def _from_env(value: ShardArg) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in FROM_ENV)
+
+
+def _env_int(env: Mapping[str, str], var: str) -> int:
+    try:
+        return int(env[var])
+    except ValueError:
+        raise PipelineError(f"${var}={env[var]!r} is not an integer") from None
+
+
+def resolve_shard(nshard: ShardArg, rank: ShardArg,
+                  environ: Optional[Mapping[str, str]] = None) -> Tuple[int, int]:
+    """``(nshard, rank)`` of a dumping job; ``"env"``, ``"-"`` or None are read from the environment.
+
+    Sources, first match wins (both values come from the same source when both are ``env``):
+    ``SLURM_ARRAY_TASK_COUNT`` / ``SLURM_ARRAY_TASK_ID`` (a SLURM job array whose indices are the
+    ranks), then ``WORLD_SIZE`` / ``RANK`` (torchrun, fairseq-ext-run-shards). The log line and
+    every error name the variable a value came from. NSHARD from ``SLURM_ARRAY_TASK_COUNT`` is
+    refused unless the array is exactly ``0..N-1`` (a rerun of a few ranks, ``--array=3,7``, must
+    give NSHARD as a number).
+    """
+    env = os.environ if environ is None else environ
+    origin = {"nshard": "the command line", "rank": "the command line"}
+    want_n, want_r = _from_env(nshard), _from_env(rank)
+    if want_n or want_r:
+        def needed(pair: Tuple[str, str]) -> List[str]:
+            return ([pair[0]] if want_n else []) + ([pair[1]] if want_r else [])
+
+        source = next((pair for pair in SHARD_ENV if all(env.get(v, "").strip() for v in needed(pair))), None)
+        if source is None:
+            wanted = " and ".join(n for n, w in (("NSHARD", want_n), ("RANK", want_r)) if w)
+            options = " or ".join("/".join(needed(pair)) for pair in SHARD_ENV)
+            raise PipelineError(f"{wanted} is 'env' but none of {options} is set; give {wanted} as a "
+                                f"number, or run the job in a SLURM array (sbatch --array=0-N) or under "
+                                f"fairseq-ext-run-shards / torchrun")
+        count_var, id_var = source
+        if want_n:
+            nshard, origin["nshard"] = _env_int(env, count_var), f"${count_var}"
+            lo, hi = env.get("SLURM_ARRAY_TASK_MIN"), env.get("SLURM_ARRAY_TASK_MAX")
+            if count_var.startswith("SLURM") and lo and hi and (lo.strip(), hi.strip()) != ("0", str(nshard - 1)):
+                raise PipelineError(
+                    f"NSHARD from ${count_var}={nshard} needs an array of exactly 0..{nshard - 1}, but this "
+                    f"array spans {lo}..{hi}: give NSHARD as a number (array indices are the ranks)")
+        if want_r:
+            rank, origin["rank"] = _env_int(env, id_var), f"${id_var}"
+    try:
+        nshard, rank = int(nshard), int(rank)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PipelineError(f"nshard and rank must be integers or 'env', got {nshard!r} and {rank!r}") from None
+    if nshard < 1:
+        raise PipelineError(f"nshard must be >= 1, got {nshard} (from {origin['nshard']})")
+    if not 0 <= rank < nshard:
+        raise PipelineError(
+            f"rank {rank} (from {origin['rank']}) is not in [0, {nshard}) (nshard from {origin['nshard']})"
+            + ("; SLURM array indices are the ranks: submit with --array=0-" + str(nshard - 1)
+               if origin["rank"].startswith("$SLURM") else ""))
+    if want_n or want_r:
+        logger.info("shard %d of %d: rank from %s, nshard from %s", rank, nshard, origin["rank"], origin["nshard"])
+    return nshard, rank
 
 
 def shard_stem(directory: os.PathLike | str, split: str, rank: int, nshard: int) -> Path:
@@ -213,29 +300,126 @@ def read_audio(
 
 # --------------------------------------------------------------------------- atomic outputs
 
+_WRITE_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write to another folder",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or write to another folder",
+    errno.EFBIG: "the file is too large for this file system or for `ulimit -f`",
+    errno.EROFS: "the file system is read-only: choose another output folder",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "permission denied: choose a folder you can write to",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "a part of the path does not exist",
+}
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""errno values that mean "this output cannot be written" wherever they are raised."""
+
+
+def output_error(path: os.PathLike | str, e: OSError) -> PipelineError:
+    """A :class:`PipelineError` for a failed write of ``path``, with what to do about it."""
+    hint = _WRITE_HINTS.get(e.errno or 0, "check the output folder")
+    return PipelineError(f"cannot write {path}: {e.strerror or e} ({hint}); the output was not completed "
+                         f"and nothing was marked complete")
+
+
+def make_dirs(directory: os.PathLike | str) -> Path:
+    """``mkdir -p directory`` with a :class:`PipelineError` naming it on failure."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PipelineError(f"cannot create output folder {directory}: {e.strerror or e} "
+                            f"({_WRITE_HINTS.get(e.errno or 0, 'check the path')})") from None
+    return directory
+
 
 @contextlib.contextmanager
 def atomic_output(path: os.PathLike | str, mode: str = "w") -> Iterator:
-    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A full disk or an unwritable folder raises :class:`PipelineError` naming ``path``; the
+    temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = atomic_tmp_path(path)
     try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        f = open(tmp, mode)
+    except OSError as e:
+        raise output_error(path, e) from None
+    done = False
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        done = True
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise output_error(path, e) from None
         raise
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):
+                f.close()  # may fail again flushing to a full disk
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def atomic_tmp_path(path: os.PathLike | str) -> Path:
     """A temporary sibling name for ``path`` that no reader takes for a finished output."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def temp_files(path: os.PathLike | str) -> List[Path]:
+    """Temporary files (``.NAME.tmpPID``) of ``path`` that writers have left or are writing."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{path.name}.tmp*"))
+
+
+def remove_dead_temp_files(*paths: os.PathLike | str) -> None:
+    """Delete temporary files that killed earlier runs left for these outputs.
+
+    A temporary file whose process still runs on this machine (the same shard started twice)
+    is left alone.
+    """
+    for path in paths:
+        for tmp in temp_files(path):
+            pid = tmp.name.rsplit(".tmp", 1)[1]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # that process still runs: leave it alone
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            logger.info("removing %s left by an interrupted run", tmp)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def begin_shard(commit: os.PathLike | str, *others: os.PathLike | str) -> None:
+    """Prepare to (re)write a shard whose outputs are ``commit`` and ``others``.
+
+    The shard protocol: ``commit`` (the ``.len`` file of a feature shard) is renamed into place
+    last, after every other output, and is deleted first here, before the others; so a shard
+    whose ``commit`` file exists is complete, whatever moment an earlier run was killed at.
+    Temporary files of dead earlier runs are removed too.
+    """
+    for old in (commit, *others):
+        old = Path(old)
+        if old.exists():
+            logger.info("removing previous output %s", old)
+            try:
+                old.unlink()
+            except OSError as e:
+                raise output_error(old, e) from None
+    remove_dead_temp_files(commit, *others)
 
 
 def check_writable_dir(directory: os.PathLike | str) -> Path:
@@ -256,19 +440,24 @@ class NpyStreamWriter:
     A fixed-size header is reserved and rewritten with the final shape on :meth:`close`;
     the data is written to a temporary name and renamed onto ``path`` only when closed
     successfully, so an interrupted job never leaves an ``.npy`` that looks complete.
+    Write failures (full disk, ...) raise :class:`PipelineError` naming ``path``.
     """
 
     HEADER_LEN = 128
 
     def __init__(self, path: os.PathLike | str, dim: Optional[int] = None, dtype=np.float32):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         self.tmp = atomic_tmp_path(self.path)
         self.dtype = np.dtype(dtype)
         self.dim = dim
         self.rows = 0
-        self._f = open(self.tmp, "wb")
-        self._f.write(b"\0" * self.HEADER_LEN)
+        try:
+            self._f = open(self.tmp, "wb")
+            self._f.write(b"\0" * self.HEADER_LEN)
+        except OSError as e:
+            self.abort()
+            raise output_error(self.path, e) from None
 
     def append(self, feats: np.ndarray) -> None:
         """Append an array of shape ``(T, dim)``."""
@@ -279,7 +468,10 @@ class NpyStreamWriter:
             self.dim = feats.shape[1]
         elif feats.shape[1] != self.dim:
             raise ValueError(f"feature dim changed from {self.dim} to {feats.shape[1]}")
-        self._f.write(feats.tobytes())
+        try:
+            self._f.write(feats.tobytes())
+        except OSError as e:
+            raise output_error(self.path, e) from None
         self.rows += feats.shape[0]
 
     def _header(self) -> bytes:
@@ -293,16 +485,24 @@ class NpyStreamWriter:
 
     def close(self) -> None:
         """Finish the header and rename the file into place."""
-        self._f.seek(0)
-        self._f.write(self._header())
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._f.flush()
+            self._f.seek(0)
+            self._f.write(self._header())
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise output_error(self.path, e) from None
 
     def abort(self) -> None:
         """Drop the partial file."""
-        self._f.close()
+        f = getattr(self, "_f", None)
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()  # may fail again flushing to a full disk
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
 
@@ -314,6 +514,102 @@ class NpyStreamWriter:
             self.close()
         else:
             self.abort()
+
+
+# --------------------------------------------------------------------------- --skip-bad
+
+SKIPPED_HEADER = "line\trelpath\tn_samples\tproblem\n"
+
+
+def skipped_path(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int) -> Path:
+    """Report of the files a ``--skip-bad`` dump left out: ``{split}_{rank}_{nshard}.skipped.tsv``."""
+    stem = shard_stem(feat_dir, split, rank, nshard)
+    return stem.with_name(stem.name + ".skipped.tsv")
+
+
+class BadAudio:
+    """The unusable files of a shard: with ``skip_bad`` they are recorded and reported, else an error.
+
+    Args:
+        skip_bad: leave bad files out (and list them) instead of raising.
+        report: the ``.skipped.tsv`` path (named in errors and logs).
+    """
+
+    def __init__(self, skip_bad: bool, report: Path):
+        self.skip_bad, self.report = skip_bad, report
+        self.skipped: List[Tuple[ManifestEntry, str]] = []
+
+    def skip(self, entry: ManifestEntry, problem: str) -> None:
+        """Record ``entry`` as left out; raises instead when ``skip_bad`` is off."""
+        if not self.skip_bad:
+            raise PipelineError(f"{problem}; or rerun with --skip-bad to leave such files out "
+                                f"(they are listed in {self.report.name})")
+        logger.warning("skipping %s", problem)
+        self.skipped.append((entry, problem))
+
+    def write_report(self) -> Optional[Path]:
+        """Write the report (only with ``skip_bad``; an empty table when nothing was skipped)."""
+        if not self.skip_bad:
+            return None
+        with atomic_output(self.report) as f:
+            f.write(SKIPPED_HEADER)
+            for entry, problem in self.skipped:
+                clean = " ".join(problem.split())
+                f.write(f"{entry.line}\t{entry.relpath}\t{entry.n_samples}\t{clean}\n")
+        if self.skipped:
+            logger.warning("left out %d bad audio file(s) of this shard, listed in %s",
+                           len(self.skipped), self.report)
+        return self.report
+
+
+def read_skipped_lines(report: os.PathLike | str) -> List[int]:
+    """Manifest line numbers listed in a ``.skipped.tsv`` report (empty if there is none)."""
+    report = Path(report)
+    if not report.is_file():
+        return []
+    lines = report.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines[1:], start=2):
+        try:
+            out.append(int(line.split("\t", 1)[0]))
+        except ValueError:
+            raise PipelineError(f"{report}:{i}: expected a manifest line number, got {line!r}") from None
+    return out
+
+
+def kept_entries(manifest: Manifest, nshard: int, rank: int, feat_dir: os.PathLike | str,
+                 split: str) -> List[ManifestEntry]:
+    """Entries of shard ``rank`` that its feature shard holds (the shard minus its skipped report)."""
+    skipped = set(read_skipped_lines(skipped_path(feat_dir, split, rank, nshard)))
+    return [e for e in manifest.shard(nshard, rank) if e.line not in skipped]
+
+
+def write_kept_manifest(tsv_dir: os.PathLike | str, split: str, nshard: int,
+                        feat_dir: os.PathLike | str, dest_dir: os.PathLike | str) -> Path:
+    """Write ``{dest_dir}/{split}.tsv``: the manifest minus the files the dumps skipped.
+
+    Its lines are, in order, the utterances of the feature shards (and so of the label shards
+    and of the merged ``{split}.km``): train fairseq on it. Every shard must be complete.
+    """
+    src = manifest_path(tsv_dir, split)
+    dest = manifest_path(dest_dir, split)
+    if dest.resolve() == src.resolve():
+        raise PipelineError(f"the kept-files manifest would overwrite {src}: choose another folder")
+    manifest = read_manifest(src)
+    rows: List[ManifestEntry] = []
+    for rank in range(nshard):
+        kept = kept_entries(manifest, nshard, rank, feat_dir, split)
+        len_path = feat_paths(feat_dir, split, rank, nshard)[1]
+        n = len(read_lengths(len_path))
+        if n != len(kept):
+            raise PipelineError(f"{len_path} has {n} utterances but shard {rank}/{nshard} of {src} keeps "
+                                f"{len(kept)}: the shard was made from another manifest; redo it")
+        rows += kept
+    with atomic_output(dest) as f:
+        f.write(f"{manifest.root}\n")
+        f.writelines(f"{e.relpath}\t{e.n_samples}\n" for e in rows)
+    logger.info("wrote %s: %d of %d files (%d skipped)", dest, len(rows), len(manifest), len(manifest) - len(rows))
+    return dest
 
 
 # --------------------------------------------------------------------------- reading shards

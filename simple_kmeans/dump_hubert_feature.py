@@ -1,5 +1,6 @@
 """Usage: python simple_kmeans/dump_hubert_feature.py TSV_DIR SPLIT CKPT_PATH LAYER NSHARD RANK FEAT_DIR
               [--max_chunk 1600000] [--batch-seconds 60] [--device auto|cpu|cuda] [--trust-checkpoint]
+              [--skip-bad]
 
 Dump the features of one transformer layer of a HuBERT checkpoint for one shard of a manifest,
 to learn k-means labels for the next HuBERT iteration. Same command line and outputs as fairseq's
@@ -8,7 +9,11 @@ examples/hubert/simple_kmeans/dump_hubert_feature.py, batched and on the GPU whe
 Reads TSV_DIR/SPLIT.tsv (line 1: audio root; then relpath<TAB>n_samples), takes shard RANK of
 NSHARD, and writes FEAT_DIR/SPLIT_RANK_NSHARD.npy (float32, (frames, dim), all utterances
 concatenated in manifest order) and FEAT_DIR/SPLIT_RANK_NSHARD.len (frames per utterance, one
-per line). Both are written under temporary names and renamed when complete; a rerun redoes them.
+per line). Both are written under temporary names and renamed when complete, the .len last (a
+shard whose .len exists is complete); a rerun deletes the old .len first and redoes the shard.
+NSHARD and RANK may be `env` ($SLURM_ARRAY_TASK_COUNT / $SLURM_ARRAY_TASK_ID, else $WORLD_SIZE /
+$RANK; see docs/cluster.md). --skip-bad leaves unusable or too short audio files out and lists
+them in FEAT_DIR/SPLIT_RANK_NSHARD.skipped.tsv instead of stopping the job.
 
 CKPT_PATH: a fairseq HuBERT checkpoint or a checkpoint of this package's HuBERT-family models
 (loaded with fairseq_ext.load_model; the training-time user_dir need not exist). LAYER is
@@ -46,18 +51,24 @@ import torch
 import torch.nn.functional as F
 
 from simple_kmeans.common import (
+    BadAudio,
     Manifest,
     ManifestEntry,
     NpyStreamWriter,
     PipelineError,
+    ShardArg,
     atomic_output,
+    begin_shard,
     check_writable_dir,
     feat_paths,
     manifest_path,
     progress,
     read_audio,
     read_manifest,
+    resolve_shard,
     run_cli,
+    shard_arg,
+    skipped_path,
 )
 
 logger = logging.getLogger("dump_hubert_feature")
@@ -261,10 +272,20 @@ def _windows(entries: Sequence[ManifestEntry], window_samples: int) -> Iterator[
         yield window
 
 
-def _read_window(manifest: Manifest, window: List[ManifestEntry], sr: int) -> List[np.ndarray]:
-    where = manifest.path
-    return [read_audio(manifest.audio_path(e), expected_sr=sr, expected_len=e.n_samples,
-                       where=f"{where}:{e.line}") for e in window]
+def _read_window(manifest: Manifest, window: List[ManifestEntry], sr: int,
+                 bad: Optional[BadAudio] = None) -> List[Optional[np.ndarray]]:
+    """Waveforms of ``window``; with ``bad``, None for the files it skips (it raises without --skip-bad)."""
+    out: List[Optional[np.ndarray]] = []
+    for e in window:
+        try:
+            out.append(read_audio(manifest.audio_path(e), expected_sr=sr, expected_len=e.n_samples,
+                                  where=f"{manifest.path}:{e.line}"))
+        except PipelineError as err:
+            if bad is None:
+                raise
+            bad.skip(e, str(err))
+            out.append(None)
+    return out
 
 
 def main(
@@ -272,15 +293,20 @@ def main(
     split: str,
     ckpt_path: str,
     layer: int,
-    nshard: int,
-    rank: int,
+    nshard: ShardArg,
+    rank: ShardArg,
     feat_dir: str,
     max_chunk: int = 1600000,
     batch_seconds: float = 60.0,
     device: str = "auto",
     trust_checkpoint: bool = False,
+    skip_bad: bool = False,
 ) -> Tuple[Path, Path]:
-    """Dump layer ``layer`` features of shard ``rank``/``nshard``; return ``(.npy, .len)`` paths."""
+    """Dump layer ``layer`` features of shard ``rank``/``nshard``; return ``(.npy, .len)`` paths.
+
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
+    """
+    nshard, rank = resolve_shard(nshard, rank)
     manifest = read_manifest(manifest_path(tsv_dir, split))
     entries = manifest.shard(nshard, rank)
     if device == "auto":
@@ -288,46 +314,57 @@ def main(
     elif device == "cuda" and not torch.cuda.is_available():
         raise PipelineError("--device cuda was given but no CUDA device is available; use --device cpu")
     reader = HubertFeatureReader.from_checkpoint(ckpt_path, layer, max_chunk, device, trust_checkpoint)
-    for e in entries:
-        if reader.num_frames(e.n_samples) == 0:
-            raise PipelineError(
-                f"{manifest.path}:{e.line}: {e.relpath} has {e.n_samples} samples, too short for "
-                f"one feature frame; remove it from the manifest"
-            )
     check_writable_dir(feat_dir)
     npy_path, len_path = feat_paths(feat_dir, split, rank, nshard)
+    report = skipped_path(feat_dir, split, rank, nshard)
+    bad = BadAudio(skip_bad, report)
+    kept = []
+    for e in entries:
+        if reader.num_frames(e.n_samples) == 0:
+            bad.skip(e, f"{manifest.path}:{e.line}: {e.relpath} has {e.n_samples} samples, too short for "
+                        f"one feature frame; remove it from the manifest")
+        else:
+            kept.append(e)
+    begin_shard(len_path, npy_path, report)
     logger.info("shard %d/%d of %s: %d utterances, %.1f s of audio -> %s", rank, nshard,
-                manifest.path, len(entries), sum(e.n_samples for e in entries)
+                manifest.path, len(kept), sum(e.n_samples for e in kept)
                 / reader.sample_rate, npy_path)
-    dump_entries(reader, manifest, entries, npy_path, len_path, batch_seconds,
-                 desc=f"{split} {rank}/{nshard}")
+    dump_entries(reader, manifest, kept, npy_path, len_path, batch_seconds,
+                 desc=f"{split} {rank}/{nshard}", bad=bad)
     return npy_path, len_path
 
 
 def dump_entries(reader: HubertFeatureReader, manifest: Manifest, entries: Sequence[ManifestEntry],
-                 npy_path: Path, len_path: Path, batch_seconds: float, desc: str = "") -> None:
-    """Write the features of ``entries`` to ``npy_path`` (rows) and ``len_path`` (frames)."""
+                 npy_path: Path, len_path: Path, batch_seconds: float, desc: str = "",
+                 bad: Optional[BadAudio] = None) -> None:
+    """Write the features of ``entries`` to ``npy_path`` (rows) and ``len_path`` (frames).
+
+    With ``bad`` (:class:`BadAudio`), unreadable files are handled by it (skipped and reported
+    with --skip-bad) and its report is written before ``len_path``, which is renamed last.
+    """
     batch_samples = int(batch_seconds * reader.sample_rate)
     windows = list(_windows(entries, max(batch_samples * WINDOW_BATCHES, 1)))
     start, frames = time.perf_counter(), 0
-    with ThreadPoolExecutor(max_workers=1) as pool, atomic_output(len_path) as len_f, \
-            NpyStreamWriter(npy_path) as writer:
-        nxt = pool.submit(_read_window, manifest, windows[0], reader.sample_rate)
-        bar = progress(total=len(entries), desc=desc, unit="utt")
-        for k in range(len(windows)):
-            wavs = nxt.result()
-            if k + 1 < len(windows):  # read the next window while this one is encoded
-                nxt = pool.submit(_read_window, manifest, windows[k + 1], reader.sample_rate)
-            for feat in reader.extract(wavs, batch_samples):
-                writer.append(feat)
-                len_f.write(f"{len(feat)}\n")
-                frames += len(feat)
-            bar.update(len(wavs))
-        bar.close()
+    with ThreadPoolExecutor(max_workers=1) as pool, atomic_output(len_path) as len_f:
+        with NpyStreamWriter(npy_path) as writer:
+            nxt = pool.submit(_read_window, manifest, windows[0], reader.sample_rate, bad) if windows else None
+            bar = progress(total=len(entries), desc=desc, unit="utt")
+            for k in range(len(windows)):
+                wavs = [w for w in nxt.result() if w is not None]
+                if k + 1 < len(windows):  # read the next window while this one is encoded
+                    nxt = pool.submit(_read_window, manifest, windows[k + 1], reader.sample_rate, bad)
+                for feat in reader.extract(wavs, batch_samples):
+                    writer.append(feat)
+                    len_f.write(f"{len(feat)}\n")
+                    frames += len(feat)
+                bar.update(len(windows[k]))
+            bar.close()
+        if bad is not None:
+            bad.write_report()
     elapsed = time.perf_counter() - start
     seconds = sum(e.n_samples for e in entries) / reader.sample_rate
     logger.info("wrote %d frames x %d dims of %d utterances in %.1f s (%.0fx real time)",
-                frames, writer.dim, len(entries), elapsed, seconds / max(elapsed, 1e-9))
+                frames, writer.dim or 0, len(entries), elapsed, seconds / max(elapsed, 1e-9))
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -337,8 +374,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("split", help="manifest name without .tsv, e.g. train")
     parser.add_argument("ckpt_path", help="HuBERT checkpoint (fairseq or fairseq-ext)")
     parser.add_argument("layer", type=int, help="1-based transformer layer")
-    parser.add_argument("nshard", type=int, help="number of shards")
-    parser.add_argument("rank", type=int, help="shard to process, 0..nshard-1")
+    parser.add_argument("nshard", type=shard_arg,
+                        help="number of shards, or 'env' ($SLURM_ARRAY_TASK_COUNT, else $WORLD_SIZE)")
+    parser.add_argument("rank", type=shard_arg,
+                        help="shard to process, 0..nshard-1, or 'env' ($SLURM_ARRAY_TASK_ID, else $RANK)")
     parser.add_argument("feat_dir", help="output folder")
     parser.add_argument("--max_chunk", type=int, default=1600000,
                         help="longest piece of waveform encoded at once, in samples (fairseq's)")
@@ -348,6 +387,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="auto: cuda when available")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle everything in the checkpoint (only for trusted files)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unusable audio files (listed in SPLIT_RANK_NSHARD.skipped.tsv) "
+                             "instead of failing")
     return parser
 
 

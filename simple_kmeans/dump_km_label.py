@@ -1,6 +1,8 @@
 """Usage: python simple_kmeans/dump_km_label.py FEAT_DIR SPLIT KM_PATH NSHARD RANK LAB_DIR
            [--batch-frames N] [--device auto|cpu|cuda]
 
+NSHARD / RANK may be ``env``: read from a SLURM array or torchrun's environment (docs/cluster.md).
+
 Assign every frame of feature shard ``{SPLIT}_{RANK}_{NSHARD}.npy/.len`` to its nearest k-means
 centroid and write ``LAB_DIR/{SPLIT}_{RANK}_{NSHARD}.km``: one line per utterance, its frame labels
 as space-separated integers (fairseq's examples/hubert/simple_kmeans/dump_km_label.py format and
@@ -24,8 +26,8 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from simple_kmeans.common import (PipelineError, atomic_output, check_writable_dir, feat_paths,
-                                  label_path, load_feat_shard, progress, run_cli)
+from simple_kmeans.common import (PipelineError, ShardArg, atomic_output, check_writable_dir, feat_paths,
+                                  label_path, load_feat_shard, progress, resolve_shard, run_cli, shard_arg)
 from simple_kmeans.kmeans_backends import load_centers
 
 logger = logging.getLogger("dump_km_label")
@@ -110,9 +112,13 @@ def format_labels(labels: np.ndarray, lengths: np.ndarray) -> str:
     return "".join(out)
 
 
-def main(feat_dir: str, split: str, km_path: str, nshard: int, rank: int, lab_dir: str,
+def main(feat_dir: str, split: str, km_path: str, nshard: ShardArg, rank: ShardArg, lab_dir: str,
          batch_frames: Optional[int] = None, device: str = "auto") -> str:
-    """Write ``{lab_dir}/{split}_{rank}_{nshard}.km``; returns its path."""
+    """Write ``{lab_dir}/{split}_{rank}_{nshard}.km``; returns its path.
+
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
+    """
+    nshard, rank = resolve_shard(nshard, rank)
     feats, lengths = load_feat_shard(feat_dir, split, rank, nshard)
     npy = feat_paths(feat_dir, split, rank, nshard)[0]
     centers = load_centers(km_path)
@@ -145,8 +151,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("feat_dir", help="folder with {split}_{rank}_{nshard}.npy/.len")
     p.add_argument("split")
     p.add_argument("km_path", help="joblib k-means model (learn_kmeans.py)")
-    p.add_argument("nshard", type=int)
-    p.add_argument("rank", type=int)
+    p.add_argument("nshard", type=shard_arg,
+                   help="number of shards, or 'env' ($SLURM_ARRAY_TASK_COUNT, else $WORLD_SIZE)")
+    p.add_argument("rank", type=shard_arg,
+                   help="shard to label, 0 <= RANK < NSHARD, or 'env' ($SLURM_ARRAY_TASK_ID, else $RANK)")
     p.add_argument("lab_dir", help="output folder for {split}_{rank}_{nshard}.km")
     p.add_argument("--batch-frames", "--batch_frames", dest="batch_frames", type=int, default=None,
                    help="frames per chunk (default: about 256 MiB of frames and distances)")

@@ -1,4 +1,5 @@
 """Usage: python -m simple_kmeans.dump_mfcc_feature TSV_DIR SPLIT NSHARD RANK FEAT_DIR [--sample-rate 16000]
+                                                  [--skip-bad]
 
 Dump 39-D MFCC features (13 Kaldi MFCCs + delta + delta-delta, 100 Hz) of one manifest shard:
 the features of fairseq's examples/hubert/simple_kmeans/dump_mfcc_feature.py (same command
@@ -10,76 +11,72 @@ Reads TSV_DIR/SPLIT.tsv (line 1: audio root; then relpath<TAB>n_samples), takes 
   FEAT_DIR/SPLIT_RANK_NSHARD.len   frames per utterance, one per line
 
 Features are streamed to a temporary file (memory does not grow with the shard) and both files
-are renamed into place only when the shard is complete; a rerun redoes the shard from scratch.
+are renamed into place only when the shard is complete, the .len last: a shard whose .len exists
+is complete. A rerun redoes the shard from scratch (its old .len is deleted first).
 Audio must be mono at --sample-rate with the sample count the manifest lists; files shorter
 than one 25 ms window (400 samples at 16 kHz) are refused up front (they have no frames).
+With --skip-bad such files (and unreadable ones) are left out instead and listed in
+FEAT_DIR/SPLIT_RANK_NSHARD.skipped.tsv (manifest line, relpath, n_samples, problem).
+
+NSHARD and RANK may be `env`: read from $SLURM_ARRAY_TASK_COUNT / $SLURM_ARRAY_TASK_ID (a SLURM
+job array), else $WORLD_SIZE / $RANK (see docs/cluster.md).
 
 Example (2 shards, run both ranks, e.g. in parallel):
   python -m simple_kmeans.dump_mfcc_feature manifest/ train 2 0 feats/
   python -m simple_kmeans.dump_mfcc_feature manifest/ train 2 1 feats/
+  sbatch --array=0-1 scripts/slurm_array.sh python -m simple_kmeans.dump_mfcc_feature manifest/ train env env feats/
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Tuple
 
 from simple_kmeans.common import (
+    BadAudio,
     NpyStreamWriter,
     PipelineError,
+    ShardArg,
     atomic_output,
+    begin_shard,
     check_writable_dir,
     feat_paths,
     manifest_path,
     progress,
     read_audio,
     read_manifest,
+    resolve_shard,
     run_cli,
+    shard_arg,
     shard_range,
+    skipped_path,
 )
 from simple_kmeans.mfcc import DEFAULT_BLOCK_FRAMES, DIM, MfccExtractor
 
 logger = logging.getLogger("dump_mfcc_feature")
 
 
-def _remove_dead_temp_files(*paths: Path) -> None:
-    """Delete temporary files that killed earlier runs left for these outputs (``.NAME.tmpPID``)."""
-    for path in paths:
-        for tmp in path.parent.glob(f".{path.name}.tmp*"):
-            pid = tmp.name.rsplit(".tmp", 1)[1]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-                continue  # that process still runs (the same shard twice at once?): leave it alone
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-            logger.info("removing %s left by an interrupted run", tmp)
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-
 def main(
     tsv_dir: str,
     split: str,
-    nshard: int,
-    rank: int,
+    nshard: ShardArg,
+    rank: ShardArg,
     feat_dir: str,
     sample_rate: int = 16000,
     batch_frames: int = DEFAULT_BLOCK_FRAMES,
+    skip_bad: bool = False,
 ) -> Tuple[Path, Path]:
     """Write ``{feat_dir}/{split}_{rank}_{nshard}.npy`` / ``.len`` (see the module docstring).
+
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
 
     Returns:
         ``(npy_path, len_path)``.
     """
+    nshard, rank = resolve_shard(nshard, rank)
     if sample_rate <= 0:
         raise PipelineError(f"--sample-rate must be positive, got {sample_rate}")
     if batch_frames < 1:
@@ -87,44 +84,53 @@ def main(
     manifest = read_manifest(manifest_path(tsv_dir, split))
     entries = manifest.shard(nshard, rank)
     extractor = MfccExtractor(sample_rate, block_frames=batch_frames)
-    too_short = [e for e in entries if extractor.num_frames(e.n_samples) == 0]
-    if too_short:
-        listed = "; ".join(f"{manifest.path}:{e.line}: {e.relpath} ({e.n_samples} samples)" for e in too_short[:5])
+    report = skipped_path(feat_dir, split, rank, nshard)
+    bad = BadAudio(skip_bad, report)
+    too_short = {e for e in entries if extractor.num_frames(e.n_samples) == 0}
+    if too_short and not skip_bad:
+        listed = "; ".join(f"{manifest.path}:{e.line}: {e.relpath} ({e.n_samples} samples)"
+                           for e in sorted(too_short, key=lambda e: e.line)[:5])
         more = f" and {len(too_short) - 5} more" if len(too_short) > 5 else ""
         raise PipelineError(
             f"{len(too_short)} file(s) are shorter than one {extractor.window_size}-sample analysis window "
-            f"and have no MFCC frames: {listed}{more}; remove them from the manifest"
+            f"and have no MFCC frames: {listed}{more}; remove them from the manifest (or pass --skip-bad)"
         )
 
     check_writable_dir(feat_dir)
     npy_path, len_path = feat_paths(feat_dir, split, rank, nshard)
-    for old in (len_path, npy_path):  # a rerun redoes the shard; never leave stale outputs
-        if old.exists():
-            logger.info("removing previous output %s", old)
-            old.unlink()
-    _remove_dead_temp_files(npy_path, len_path)
+    begin_shard(len_path, npy_path, report)  # a rerun redoes the shard; never leave stale outputs
     first, end = shard_range(len(manifest), nshard, rank)
     logger.info("rank %d of %d: utterances %d-%d of %d from %s -> %s",
                 rank, nshard, first, end - 1, len(manifest), manifest.path, npy_path)
 
     n_frames = n_samples = 0
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        len_f = stack.enter_context(atomic_output(len_path))
-        # entered last so that it exits first: the .npy is in place before the .len
-        writer = stack.enter_context(NpyStreamWriter(npy_path, dim=DIM))
-        for entry in progress(entries, desc=f"mfcc {split} {rank}/{nshard}", unit="utt"):
-            wav = read_audio(manifest.audio_path(entry), expected_sr=sample_rate,
-                             expected_len=entry.n_samples, where=f"{manifest.path}:{entry.line}")
-            feats = extractor(wav)
-            writer.append(feats)
-            len_f.write(f"{len(feats)}\n")
-            n_frames += len(feats)
-            n_samples += len(wav)
+    # commit order: .npy, then the skipped report, then .len (renamed last: the shard is complete)
+    with atomic_output(len_path) as len_f:
+        with NpyStreamWriter(npy_path, dim=DIM) as writer:
+            for entry in progress(entries, desc=f"mfcc {split} {rank}/{nshard}", unit="utt"):
+                if entry in too_short:
+                    bad.skip(entry, f"{manifest.path}:{entry.line}: {manifest.audio_path(entry)} has "
+                                    f"{entry.n_samples} samples, shorter than one {extractor.window_size}-sample "
+                                    f"analysis window (no MFCC frame)")
+                    continue
+                try:
+                    wav = read_audio(manifest.audio_path(entry), sample_rate, entry.n_samples,
+                                     where=f"{manifest.path}:{entry.line}")
+                except PipelineError as e:
+                    bad.skip(entry, str(e))  # raises without --skip-bad
+                    continue
+                feats = extractor(wav)
+                writer.append(feats)
+                len_f.write(f"{len(feats)}\n")
+                n_frames += len(feats)
+                n_samples += len(wav)
+        bad.write_report()
     elapsed = time.perf_counter() - t0
     audio_s = n_samples / sample_rate
     logger.info("wrote %d frames of %d utterances (%.1f s of audio) in %.1f s (%.0fx real time): %s, %s",
-                n_frames, len(entries), audio_s, elapsed, audio_s / max(elapsed, 1e-9), npy_path, len_path)
+                n_frames, len(entries) - len(bad.skipped), audio_s, elapsed, audio_s / max(elapsed, 1e-9),
+                npy_path, len_path)
     return npy_path, len_path
 
 
@@ -132,8 +138,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tsv_dir", help="folder with SPLIT.tsv")
     parser.add_argument("split", help="manifest name without .tsv, e.g. train")
-    parser.add_argument("nshard", type=int, help="number of shards")
-    parser.add_argument("rank", type=int, help="shard to dump, 0 <= RANK < NSHARD")
+    parser.add_argument("nshard", type=shard_arg,
+                        help="number of shards, or 'env' ($SLURM_ARRAY_TASK_COUNT, else $WORLD_SIZE)")
+    parser.add_argument("rank", type=shard_arg,
+                        help="shard to dump, 0 <= RANK < NSHARD, or 'env' ($SLURM_ARRAY_TASK_ID, else $RANK)")
     parser.add_argument("feat_dir", help="output folder")
     parser.add_argument("--sample-rate", "--sample_rate", dest="sample_rate", type=int, default=16000,
                         help="expected audio sample rate in Hz (default: 16000)")
@@ -141,6 +149,9 @@ def get_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_BLOCK_FRAMES,
                         help="frames computed per vectorised block; sets speed and temporary memory "
                              f"only (default: {DEFAULT_BLOCK_FRAMES})")
+    parser.add_argument("--skip-bad", "--skip_bad", dest="skip_bad", action="store_true",
+                        help="leave out unreadable / wrong / too short audio files instead of failing; "
+                             "they are listed in SPLIT_RANK_NSHARD.skipped.tsv")
     return parser
 
 

@@ -1,5 +1,5 @@
 """Usage: dump_pitch_feature.py tsv_dir split nshard rank feat_dir [--frame-rate 50|100]
-                                  [--f0-floor 60] [--f0-ceil 400] [--method dio|harvest]
+                                  [--f0-floor 60] [--f0-ceil 400] [--method dio|harvest] [--skip-bad]
 
 Dump frame-level pitch features (log F0, voicing) of one shard of a manifest, on the frame
 grid of HuBERT's labels, for the disentangled-HuBERT pitch targets.
@@ -15,6 +15,12 @@ between the neighbouring voiced frames; before the first and after the last voic
 holds the nearest voiced value; an utterance without any voiced frame gets
 log(sqrt(f0_floor * f0_ceil)) everywhere (log 155 Hz with the defaults). Column 1 is 1.0 on
 voiced frames, 0.0 elsewhere. Statistics only use voiced frames.
+
+Outputs are written under temporary names and renamed when complete, the .len last: a shard
+whose .len exists is complete; a rerun deletes the old .len first and redoes the shard.
+nshard and rank may be `env` ($SLURM_ARRAY_TASK_COUNT / $SLURM_ARRAY_TASK_ID, else $WORLD_SIZE /
+$RANK; see docs/cluster.md). With --skip-bad, unreadable or mismatching audio files are left out
+and listed in {split}_{rank}_{nshard}.skipped.tsv instead of stopping the job.
 
 Frame grids (16 kHz, n samples):
   --frame-rate 100: the MFCC grid (kaldi, 25 ms window, 10 ms shift, snip_edges):
@@ -40,6 +46,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import List, Sequence, Tuple
@@ -47,17 +54,23 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from simple_kmeans.common import (
+    BadAudio,
     NpyStreamWriter,
     PipelineError,
+    ShardArg,
     atomic_output,
+    begin_shard,
     check_writable_dir,
     feat_paths,
     manifest_path,
     progress,
     read_audio,
     read_manifest,
+    resolve_shard,
     run_cli,
+    shard_arg,
     shard_stem,
+    skipped_path,
 )
 
 logger = logging.getLogger("dump_pitch_feature")
@@ -239,38 +252,57 @@ def stats_path(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int) 
 # --------------------------------------------------------------------------- main
 
 
-def main(tsv_dir: str, split: str, nshard: int, rank: int, feat_dir: str, frame_rate: int = 50,
-         f0_floor: float = 60.0, f0_ceil: float = 400.0, method: str = "dio") -> Path:
-    """Dump one shard (see the module docstring); returns the ``.npy`` path."""
+def main(tsv_dir: str, split: str, nshard: ShardArg, rank: ShardArg, feat_dir: str, frame_rate: int = 50,
+         f0_floor: float = 60.0, f0_ceil: float = 400.0, method: str = "dio", skip_bad: bool = False) -> Path:
+    """Dump one shard (see the module docstring); returns the ``.npy`` path.
+
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
+    """
+    nshard, rank = resolve_shard(nshard, rank)
     extractor = PitchExtractor(frame_rate, f0_floor, f0_ceil, method)
     tsv = manifest_path(tsv_dir, split)
     manifest = read_manifest(tsv)
     entries = manifest.shard(nshard, rank)
     check_writable_dir(feat_dir)
     npy_path, len_path = feat_paths(feat_dir, split, rank, nshard)
+    stats = stats_path(feat_dir, split, rank, nshard)
+    report = skipped_path(feat_dir, split, rank, nshard)
+    begin_shard(len_path, npy_path, stats, report)
+    bad = BadAudio(skip_bad, report)
+    start = time.perf_counter()
     lengths: List[int] = []
     moments: List[List[float]] = []
+    # commit order: .npy, statistics, skipped report, then .len (renamed last: the shard is complete)
     with NpyStreamWriter(npy_path, dim=2) as writer:
         for entry in progress(entries, desc=f"pitch {split} {rank}/{nshard}", unit="utt"):
-            wav = read_audio(manifest.audio_path(entry), SAMPLE_RATE, entry.n_samples,
-                             where=f"{tsv}:{entry.line}")
+            try:
+                wav = read_audio(manifest.audio_path(entry), SAMPLE_RATE, entry.n_samples,
+                                 where=f"{manifest.path}:{entry.line}")
+            except PipelineError as e:
+                bad.skip(entry, str(e))  # raises without --skip-bad
+                continue
             feats = extractor(wav)
             writer.append(feats)
             lengths.append(len(feats))
             moments.append(list(voiced_moments(feats)))
-        with atomic_output(len_path) as f:
-            f.writelines(f"{n}\n" for n in lengths)
-        partial = {
-            "split": split, "rank": rank, "nshard": nshard, "frame_rate": frame_rate,
-            "method": method, "f0_floor": extractor.f0_floor, "f0_ceil": extractor.f0_ceil,
-            "n_utterances": len(lengths), "n_frames": int(sum(lengths)),
-            "utterances": moments,  # per manifest line: [voiced frames, mean log F0, sum of squared deviations]
-        }
-        with atomic_output(stats_path(feat_dir, split, rank, nshard)) as f:
-            json.dump(partial, f)
+    partial = {
+        "split": split, "rank": rank, "nshard": nshard, "frame_rate": frame_rate,
+        "method": method, "f0_floor": extractor.f0_floor, "f0_ceil": extractor.f0_ceil,
+        "n_utterances": len(lengths), "n_frames": int(sum(lengths)),
+        "utterances": moments,  # per kept manifest line: [voiced frames, mean log F0, sum of squared deviations]
+    }
+    with atomic_output(stats) as f:
+        json.dump(partial, f)
+    bad.write_report()
+    with atomic_output(len_path) as f:
+        f.writelines(f"{n}\n" for n in lengths)
     n_voiced = sum(int(m[0]) for m in moments)
-    logger.info("wrote %s: %d utterances, %d frames (%.1f%% voiced) at %d Hz",
-                npy_path, len(lengths), sum(lengths), 100.0 * n_voiced / max(sum(lengths), 1), frame_rate)
+    elapsed = time.perf_counter() - start
+    skipped = {e.line for e, _ in bad.skipped}
+    audio_s = sum(e.n_samples for e in entries if e.line not in skipped) / SAMPLE_RATE
+    logger.info("wrote %s: %d utterances, %d frames (%.1f%% voiced) at %d Hz, %.1f s of audio in %.1f s "
+                "(%.0fx real time)", npy_path, len(lengths), sum(lengths), 100.0 * n_voiced / max(sum(lengths), 1),
+                frame_rate, audio_s, elapsed, audio_s / max(elapsed, 1e-9))
     return npy_path
 
 
@@ -278,8 +310,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tsv_dir", help="folder holding {split}.tsv")
     parser.add_argument("split", help="manifest name without .tsv (train, valid, ...)")
-    parser.add_argument("nshard", type=int, help="number of shards")
-    parser.add_argument("rank", type=int, help="shard to process, 0 <= rank < nshard")
+    parser.add_argument("nshard", type=shard_arg,
+                        help="number of shards, or 'env' ($SLURM_ARRAY_TASK_COUNT, else $WORLD_SIZE)")
+    parser.add_argument("rank", type=shard_arg,
+                        help="shard to process, 0 <= rank < nshard, or 'env' ($SLURM_ARRAY_TASK_ID, else $RANK)")
     parser.add_argument("feat_dir", help="output folder")
     parser.add_argument("--frame-rate", type=int, default=50, choices=FRAME_RATES,
                         help="label frame rate: 50 = HuBERT CNN frames, 100 = MFCC frames (default 50)")
@@ -287,6 +321,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--f0-ceil", type=float, default=400.0, help="highest F0 searched, Hz (default 400)")
     parser.add_argument("--method", default="dio", choices=METHODS,
                         help="WORLD F0 estimator: dio (+stonemask, fast, default) or harvest (slow)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unusable audio files (listed in {split}_{rank}_{nshard}.skipped.tsv) "
+                             "instead of failing")
     return parser
 
 

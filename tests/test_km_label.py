@@ -182,3 +182,15 @@ def test_cuda_requested_without_gpu(setup, tmp_path):
     feat_dir, km_path, *_ = setup
     with pytest.raises(PipelineError, match="--device cuda"):
         dump_km_label.main(str(feat_dir), "train", str(km_path), 2, 0, str(tmp_path / "lab"), device="cuda")
+
+
+def test_rank_from_environment(setup, tmp_path, monkeypatch):
+    feat_dir, km_path, feats, lengths, _ = setup
+    for var in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    out = dump_km_label.main(str(feat_dir), "train", str(km_path), "env", "env", str(tmp_path / "lab"),
+                             device="cpu")
+    assert Path(out).name == "train_1_2.km"
+    assert Path(out).read_text().splitlines() == fairseq_labels(km_path, feats[1], lengths[1])
