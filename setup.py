@@ -20,6 +20,8 @@ CONSOLE_SCRIPTS = {
     "fairseq-ext-pitch-stats": "simple_kmeans.pitch_stats",
     "fairseq-ext-speaker-labels": "simple_kmeans.speaker_labels",
     "fairseq-ext-train": "fairseq_ext.launch",
+    "fairseq-ext-status": "simple_kmeans.status",
+    "fairseq-ext-run-shards": "simple_kmeans.run_shards",
 }
 
 setup(
