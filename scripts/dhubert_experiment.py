@@ -195,7 +195,7 @@ def mean_sd(values: Sequence[float]) -> str:
 def report(results: Dict[str, List[Dict]], n_speakers: int, spk_layer: int) -> str:
     """Markdown tables: summary at the adversary's layer, then every layer."""
     lines = ["| variant | runs | spk acc @L%d (chance %.3f) | spk acc, all layers | mask acc | PNMI @L%d | "
-             "pitch RMSE @L%d | train s |" % (spk_layer, 1 / n_speakers, spk_layer, spk_layer),
+             "pitch RMSE @L%d | train wall s |" % (spk_layer, 1 / n_speakers, spk_layer, spk_layer),
              "|---|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         ev = [r["eval"] for r in runs]
