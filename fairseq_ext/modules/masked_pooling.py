@@ -11,16 +11,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from fairseq_ext.modules.pooling import masked_mean, valid_mask
+
 POOLING_CHOICES: Tuple[str, ...] = ("mean", "attentive")
-
-
-def _valid_mask(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """(B, T) float mask: 1 for valid frames."""
-    if padding_mask is None:
-        return x.new_ones(x.shape[:2])
-    if padding_mask.shape != x.shape[:2]:
-        raise ValueError(f"padding_mask {tuple(padding_mask.shape)} does not match x {tuple(x.shape[:2])}")
-    return (~padding_mask).to(x.dtype)
 
 
 class MaskedMeanPooling(nn.Module):
@@ -28,8 +21,7 @@ class MaskedMeanPooling(nn.Module):
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns (B, C)."""
-        w = _valid_mask(x, padding_mask).unsqueeze(-1)  # (B, T, 1)
-        return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return masked_mean(x, padding_mask)
 
 
 class AttentivePooling(nn.Module):
@@ -46,7 +38,7 @@ class AttentivePooling(nn.Module):
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns (B, C)."""
-        valid = _valid_mask(x, padding_mask) > 0  # (B, T)
+        valid = valid_mask(x, padding_mask).squeeze(-1) > 0  # (B, T)
         logits = self.score(x).squeeze(-1).float()  # (B, T)
         logits = logits.masked_fill(~valid, float("-inf"))
         # rows without any valid frame would be all -inf: give them zero weights instead of NaN
