@@ -113,11 +113,16 @@ def install_stub(offline: bool = False) -> Iterator[types.ModuleType]:
     try:
         yield root
     finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+        _restore_modules(saved)
+
+
+def _restore_modules(saved: dict) -> None:
+    """Put back the ``sys.modules`` entries in ``saved`` (None = the name was absent)."""
+    for k, v in saved.items():
+        if v is None:
+            sys.modules.pop(k, None)
+        else:
+            sys.modules[k] = v
 
 
 def load_reference(offline: bool = False) -> types.ModuleType:
@@ -144,11 +149,7 @@ def load_reference(offline: bool = False) -> types.ModuleType:
         sys.modules["torchaudio.functional"] = root.functional
         root.compliance.kaldi = _exec_module("torchaudio.compliance.kaldi", kaldi_path)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+        _restore_modules(saved)
     _loaded = root
     return root
 
