@@ -14,7 +14,7 @@ from fairseq_ext.criteria.dhubert import DHubertCriterion
 from fairseq_ext.criteria.hubert_summable import HubertSummableCriterion
 from fairseq_ext.models.dhubert import DHubertConfig, DHubertModel
 from fairseq_ext.modules.grl import GradientReversal, grl_lambda, reverse_grad
-from fairseq_ext.modules.masked_pooling import AttentivePooling, MaskedMeanPooling
+from fairseq_ext.modules.pooling import AttentivePooling, MeanPooling
 from test_dhubert_data import make_task, position_corpus
 
 TINY = dict(label_rate=100.0, max_update=100, encoder_layers=3, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
@@ -135,6 +135,36 @@ def test_grl_reverses_and_scales_encoder_gradient(task_and_batch, fixed_masks, h
         assert "encoder.layers.2.fc1.weight" not in grads["grl"]
 
 
+@pytest.mark.parametrize("frames", ["unmasked", "all"])
+def test_speaker_adversary_pools_over_chosen_frames(task_and_batch, fixed_masks, frames):
+    """spk_frames=unmasked: the adversary's pooling ignores padding and masked frames (every 3rd
+    frame here), so changing the tapped layer's output at masked frames leaves its logits alone."""
+    task, batch = task_and_batch
+    model = build(task, spk_frames=frames).eval()
+    seen = {}
+    model.spk_head.pool.register_forward_pre_hook(lambda m, args: seen.update(ignored=args[1].clone()))
+    out = model(target_list=batch["target_list"], **batch["net_input"])
+    pad = out["padding_mask"]
+    masked = torch.zeros_like(pad)
+    masked[:, ::3] = True
+    assert pad.any() and not pad.all(1).any()
+    expected = pad | masked if frames == "unmasked" else pad
+    assert torch.equal(seen["ignored"], expected)
+
+    def perturb_masked(module, args, output):  # layer 0 output is (T, B, C)
+        x = output[0].clone()
+        x[::3] += 5.0
+        return (x,) + tuple(output[1:])
+
+    handle = model.encoder.layers[0].register_forward_hook(perturb_masked, prepend=True)  # before the tap
+    out2 = model(target_list=batch["target_list"], **batch["net_input"])
+    handle.remove()
+    same = torch.allclose(out2["spk_logits"], out["spk_logits"], atol=1e-5)
+    assert same == (frames == "unmasked")
+    assert model.speaker_frames(pad).shape == pad.shape  # no mask recorded outside forward: padding only
+    assert torch.equal(model.speaker_frames(pad), pad)
+
+
 def test_auxiliary_pitch_is_not_reversed(task_and_batch, fixed_masks):
     task, batch = task_and_batch
     x = torch.randn(2, 5, 32, requires_grad=True)
@@ -183,7 +213,7 @@ def test_model_schedule_follows_num_updates(task_and_batch):
         build(task, spk_layer=4)
 
 
-@pytest.mark.parametrize("pool", [MaskedMeanPooling(), AttentivePooling(6, 8)])
+@pytest.mark.parametrize("pool", [MeanPooling(6), AttentivePooling(6, 8)])
 def test_masked_pooling_batched_equals_single(pool):
     torch.manual_seed(0)
     lengths = [7, 3, 10, 1]
@@ -195,7 +225,7 @@ def test_masked_pooling_batched_equals_single(pool):
     batched = pool(x, pad)
     for i, s in enumerate(seqs):
         assert torch.allclose(batched[i], pool(s[None], None)[0], atol=1e-6)
-    assert torch.allclose(MaskedMeanPooling()(x, pad)[1], seqs[1].mean(0), atol=1e-6)
+    assert torch.allclose(MeanPooling(6)(x, pad)[1], seqs[1].mean(0), atol=1e-6)
 
 
 def test_pitch_targets_follow_model_frames(task_and_batch):

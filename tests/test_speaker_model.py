@@ -107,7 +107,7 @@ def test_poolings_ignore_padded_frames():
     mask = torch.zeros(2, 10, dtype=torch.bool)
     mask[0, 6:] = True
     assert torch.allclose(masked_mean(x, mask)[0], x[0, :6].mean(0), atol=1e-6)
-    for name, dim in (("mean", 8), ("self_attention", 8), ("attentive_stats", 16)):
+    for name, dim in (("mean", 8), ("self_attention", 8), ("attentive", 8), ("attentive_stats", 16)):
         pool = build_pooling(name, 8)
         assert pool.out_dim == dim
         full = pool(x, mask)
@@ -115,6 +115,8 @@ def test_poolings_ignore_padded_frames():
         y[0, 6:] = float("nan")  # padding content must not matter at all
         assert torch.allclose(pool(y, mask), full, atol=1e-6)
         assert torch.allclose(pool(x[:1, :6], None)[0], full[0], atol=1e-6)
+        empty = pool(x, torch.ones_like(mask))[:, :8]  # no real frame at all: zero mean, not NaN
+        assert torch.equal(empty, torch.zeros_like(empty))
 
 
 def test_bad_pooling_and_kernel_are_rejected():

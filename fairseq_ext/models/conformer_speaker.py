@@ -30,12 +30,12 @@ from fairseq.models import BaseFairseqModel, register_model
 
 from fairseq_ext.criteria.am_softmax import CosineClassifier
 from fairseq_ext.modules.masked_conformer import MaskedConformerEncoderLayer
-from fairseq_ext.modules.pooling import build_pooling, valid_mask
+from fairseq_ext.modules.pooling import POOLING_CHOICES as POOLING, build_pooling, valid_mask
 
 logger = logging.getLogger(__name__)
 
 ENCODER_CHOICES = ChoiceEnum(["conformer", "transformer"])
-POOLING_CHOICES = ChoiceEnum(["mean", "self_attention", "attentive_stats"])
+POOLING_CHOICES = ChoiceEnum(list(POOLING))
 CLASSIFIER_CHOICES = ChoiceEnum(["cosine", "linear"])
 MEL_INIT_CHOICES = ChoiceEnum(["htk", "slaney", "random"])
 INPUT_NORM_CHOICES = ChoiceEnum(["none", "utterance"])

@@ -1,7 +1,7 @@
 """Model ``dhubert``: HuBERT with a speaker adversary (behind a gradient-reversal layer) and a pitch head.
 
 - Speaker adversary: output of transformer layer ``spk_layer`` -> GRL -> masked pooling over valid
-  frames -> MLP -> ``n_speakers`` logits. The head learns to identify the speaker, the encoder
+  frames (by default only the unmasked ones, ``spk_frames``) -> MLP -> ``n_speakers`` logits. The head learns to identify the speaker, the encoder
   below ``spk_layer`` receives ``-lambda`` times its gradient and learns to hide the speaker.
 - Pitch head: output of layer ``pitch_layer`` -> MLP -> per frame [log-F0 estimate, voicing logit].
   ``pitch_mode=auxiliary`` trains the encoder to keep pitch there; ``adversarial`` puts the head
@@ -27,11 +27,12 @@ from omegaconf import II
 from torch import nn
 
 from fairseq_ext.modules.grl import GRL_SCHEDULES, GradientReversal, grl_lambda
-from fairseq_ext.modules.masked_pooling import POOLING_CHOICES, build_pooling
+from fairseq_ext.modules.pooling import POOLING_CHOICES, build_pooling
 
 logger = logging.getLogger(__name__)
 
 PITCH_MODES = ("auxiliary", "adversarial")
+SPK_FRAMES = ("unmasked", "all")
 
 
 @dataclass
@@ -39,7 +40,12 @@ class DHubertConfig(HubertConfig):
     spk_layer: int = field(
         default=6, metadata={"help": "1-based transformer layer feeding the speaker adversary; 0 = no speaker head"})
     spk_pooling: ChoiceEnum(POOLING_CHOICES) = field(  # type: ignore[valid-type]
-        default="mean", metadata={"help": "pooling of the speaker adversary over valid frames"})
+        default="mean", metadata={"help": "pooling of the speaker adversary: mean, self_attention, attentive "
+                                          "(MLP-scored mean) or attentive_stats (weighted mean and std)"})
+    spk_frames: ChoiceEnum(SPK_FRAMES) = field(  # type: ignore[valid-type]
+        default="unmasked", metadata={"help": "frames the speaker adversary pools over: unmasked = the valid frames "
+                                              "that were not replaced by the mask embedding (they carry the "
+                                              "input's speaker cues), all = every valid frame"})
     spk_hidden_dim: int = field(default=256, metadata={"help": "hidden size of the speaker classifier MLP"})
     head_dropout: float = field(default=0.1, metadata={"help": "dropout inside the speaker and pitch heads"})
     pitch_layer: int = field(
@@ -64,7 +70,7 @@ class SpeakerClassifier(nn.Module):
         in_dim: frame feature size C.
         n_speakers: number of classes.
         hidden_dim: MLP hidden size.
-        pooling: ``"mean"`` or ``"attentive"``.
+        pooling: a name from ``fairseq_ext.modules.pooling.POOLING_CHOICES``.
         dropout: dropout before the output layer.
     """
 
@@ -72,7 +78,7 @@ class SpeakerClassifier(nn.Module):
                  dropout: float = 0.1) -> None:
         super().__init__()
         self.pool = build_pooling(pooling, in_dim, hidden_dim)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(nn.Linear(self.pool.out_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden_dim, n_speakers))
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -161,6 +167,8 @@ class DHubertModel(HubertModel):
             if not 0 <= getattr(cfg, name) <= n_layers:
                 raise ValueError(f"model.{name}={getattr(cfg, name)} must be in [0, {n_layers}] (encoder_layers)")
         self.spk_layer, self.pitch_layer = cfg.spk_layer, cfg.pitch_layer
+        self.spk_unmasked_only = str(cfg.spk_frames) == "unmasked"
+        self._mask_indices: Optional[torch.Tensor] = None
         self.pitch_adversarial = cfg.pitch_mode == "adversarial"
         self.grl_schedule, self.grl_lambda_max = str(cfg.grl_schedule), cfg.grl_lambda_max
         self.grl_horizon = cfg.grl_warmup_updates if cfg.grl_warmup_updates > 0 else int(cfg.max_update or 0)
@@ -206,6 +214,21 @@ class DHubertModel(HubertModel):
         """GRL strength at the current number of updates."""
         return grl_lambda(self.grl_schedule, self.num_updates, self.grl_lambda_max, self.grl_horizon)
 
+    def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], target_list):
+        """HuBERT's masking of x (B, T, C); also remembers the (B, T) mask for the speaker adversary."""
+        x, mask_indices = super().apply_mask(x, padding_mask, target_list)
+        self._mask_indices = mask_indices
+        return x, mask_indices
+
+    def speaker_frames(self, frame_pad: torch.Tensor) -> torch.Tensor:
+        """Frames the adversary ignores: (B, T) bool, True = padding, plus the masked frames when
+        ``spk_frames=unmasked`` (an utterance whose frames were all masked keeps them all)."""
+        mask = self._mask_indices
+        if not self.spk_unmasked_only or mask is None or mask.shape != frame_pad.shape:
+            return frame_pad
+        ignore = frame_pad | mask
+        return torch.where(ignore.all(1, keepdim=True), frame_pad, ignore)
+
     def forward(
         self,
         source: torch.Tensor,
@@ -220,6 +243,7 @@ class DHubertModel(HubertModel):
         if features_only or self.taps is None:
             return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
         self.taps.start()
+        self._mask_indices = None
         try:
             result = super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
         finally:
@@ -229,11 +253,12 @@ class DHubertModel(HubertModel):
         self.grl.lambda_ = self.current_lambda()
         if self.spk_head is not None:
             h = self.taps.state_after(self.spk_layer - 1)[:, :n_frames]
-            result["spk_logits"] = self.spk_head(self.grl(h), frame_pad)
+            result["spk_logits"] = self.spk_head(self.grl(h), self.speaker_frames(frame_pad))
         if self.pitch_head is not None:
             h = self.taps.state_after(self.pitch_layer - 1)[:, :n_frames]
             result["pitch_pred"] = self.pitch_head(self.grl(h) if self.pitch_adversarial else h)
         self.taps.clear()
+        self._mask_indices = None
         result["grl_lambda"] = self.grl.lambda_
         return result
 

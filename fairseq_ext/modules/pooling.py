@@ -1,9 +1,10 @@
-"""Utterance-level pooling over padded frame sequences: masked mean, self-attention, attentive statistics.
+"""Utterance-level pooling over padded frame sequences: masked mean, self-attention, attentive
+(MLP-scored) mean, attentive statistics.
 
 Every pooling takes frames ``x`` of shape ``(B, T, C)`` and a ``padding_mask`` of shape ``(B, T)``
 (True on padded frames, or None when nothing is padded) and returns ``(B, out_dim)``. Padded
 frames get exactly zero weight, so an utterance's pooled vector does not depend on how much
-padding its batch had.
+padding its batch had; a sequence without any real frame pools to zeros.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-POOLING_CHOICES = ("mean", "self_attention", "attentive_stats")
+POOLING_CHOICES = ("mean", "self_attention", "attentive", "attentive_stats")
 
 
 def valid_mask(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -46,10 +47,14 @@ def zero_padding(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch
 
 
 def masked_softmax(scores: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """Softmax over time of ``scores`` ``(B, T, K)`` with padded frames set to exactly 0 weight."""
-    if padding_mask is not None:
-        scores = scores.masked_fill(padding_mask.unsqueeze(-1), float("-inf"))
-    return torch.softmax(scores.float(), dim=1).to(scores.dtype)
+    """Softmax over time of ``scores`` ``(B, T, K)`` with padded frames set to exactly 0 weight
+    (a row that is all padding gets all-zero weights, not NaN)."""
+    if padding_mask is None:
+        return torch.softmax(scores.float(), dim=1).to(scores.dtype)
+    dtype, pad = scores.dtype, padding_mask.unsqueeze(-1)  # pad: (B, T, 1)
+    empty = padding_mask.all(1)[:, None, None]  # (B, 1, 1)
+    scores = scores.float().masked_fill(pad & ~empty, float("-inf")).masked_fill(empty, 0.0)
+    return torch.softmax(scores, dim=1).masked_fill(pad, 0.0).to(dtype)
 
 
 class MeanPooling(nn.Module):
@@ -80,6 +85,26 @@ class SelfAttentionPooling(nn.Module):
         return (w * x).sum(1)
 
 
+class AttentivePooling(nn.Module):
+    """Attentive pooling: a one-hidden-layer tanh network scores each frame, softmax over real
+    frames, weighted mean: ``(B, T, C) -> (B, C)``.
+
+    Args:
+        dim: feature size C.
+        hidden: hidden size of the scoring network.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = zero_padding(x, padding_mask)
+        w = masked_softmax(self.score(x), padding_mask)  # (B, T, 1)
+        return (w * x).sum(1)
+
+
 class AttentiveStatisticsPooling(nn.Module):
     """Attentive statistics pooling (Okabe et al. 2018): attention-weighted mean and std.
 
@@ -101,14 +126,17 @@ class AttentiveStatisticsPooling(nn.Module):
         return torch.cat([mean, (var + self.eps).sqrt()], dim=-1)
 
 
-def build_pooling(name: str, dim: int) -> nn.Module:
-    """Pooling module by name (one of :data:`POOLING_CHOICES`); ``.out_dim`` is its output size."""
+def build_pooling(name: str, dim: int, hidden: int = 128) -> nn.Module:
+    """Pooling module by name (one of :data:`POOLING_CHOICES`); ``.out_dim`` is its output size.
+    ``hidden`` is the scoring network's size for ``attentive`` and ``attentive_stats``."""
     if name == "mean":
         return MeanPooling(dim)
     if name == "self_attention":
         return SelfAttentionPooling(dim)
+    if name == "attentive":
+        return AttentivePooling(dim, hidden)
     if name == "attentive_stats":
-        return AttentiveStatisticsPooling(dim)
+        return AttentiveStatisticsPooling(dim, hidden)
     raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLING_CHOICES)}")
 
 
@@ -119,6 +147,6 @@ def lengths_to_padding_mask(lengths: torch.Tensor, max_len: Optional[int] = None
 
 
 __all__ = [
-    "POOLING_CHOICES", "MeanPooling", "SelfAttentionPooling", "AttentiveStatisticsPooling",
+    "POOLING_CHOICES", "MeanPooling", "SelfAttentionPooling", "AttentivePooling", "AttentiveStatisticsPooling",
     "build_pooling", "masked_mean", "masked_softmax", "zero_padding", "valid_mask", "lengths_to_padding_mask",
 ]
