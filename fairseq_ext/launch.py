@@ -24,42 +24,36 @@ gets common.user_dir / --config-dir defaults (this package), a resume guard for 
 checkpoint_last.pt, and the options below. See docs/distributed.md.
 """
 
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
-import glob
-import hashlib
-import json
 import logging
 import os
-import subprocess
 import sys
 import warnings
-import zipfile
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from fairseq_ext.checkpoint import register_safe_globals
+from fairseq_ext.distributed_config import (  # noqa: F401 (public here too)
+    PACKAGE_DIR, _given, check_summable_criterion, check_user_dir, configure_distributed, emulate_world_size,
+)
+from fairseq_ext.distributed_env import (  # noqa: F401 (public here too)
+    TORCHRUN_VARS, DistEnv, _slurm_int, slurm_env, slurm_master, torchrun_env,
+)
+from fairseq_ext.resume_guard import guard_resume, is_complete_checkpoint, resume_fallback  # noqa: F401
+from fairseq_ext.train_digest import (  # noqa: F401 (public here too)
+    _flatten, _write_json, recording_trainers, tensors_digest, trainer_digest,
+)
 from simple_kmeans.common import PipelineError, run_cli
 
 logger = logging.getLogger("fairseq_ext.launch")
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 LAUNCHER_PID_VAR = "FAIRSEQ_EXT_LAUNCHER_PID"  # set for the workers that spawn_local starts
-
-
-@dataclasses.dataclass
-class DistEnv:
-    """Where one worker sits in the job: global rank, world size, local rank, rendezvous URL."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    init_method: str
 
 
 @dataclasses.dataclass
@@ -70,260 +64,6 @@ class WorkerOptions:
     backend: str = "auto"
     emulate_world_size: Optional[int] = None
     digest_dir: Optional[str] = None
-
-
-# --------------------------------------------------------------------------- topology
-
-
-def torchrun_env() -> Optional[DistEnv]:
-    """The worker's place when started by torchrun / ``torch.distributed.run`` (else None)."""
-    if not all(k in os.environ for k in TORCHRUN_VARS):
-        return None
-    return DistEnv(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                   local_rank=int(os.environ["LOCAL_RANK"]), init_method="env://")
-
-
-def _slurm_int(*names: str) -> int:
-    for name in names:
-        if os.environ.get(name):
-            return int(os.environ[name])
-    raise PipelineError(f"--slurm: ${names[0]} is not set: run this command through srun inside a SLURM job")
-
-
-def slurm_master(master_port: Optional[int] = None) -> Tuple[str, int]:
-    """Rendezvous host and port of a SLURM job step.
-
-    Host: ``$MASTER_ADDR`` or the first node of ``$SLURM_STEP_NODELIST`` (``scontrol show
-    hostnames``). Port: ``master_port``, ``$MASTER_PORT`` or ``20000 + job id % 20000`` (the same
-    in every task, different for jobs sharing a node).
-    """
-    host = os.environ.get("MASTER_ADDR")
-    if not host:
-        nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
-        if not nodes:
-            raise PipelineError("--slurm: neither $MASTER_ADDR nor $SLURM_STEP_NODELIST is set")
-        try:
-            out = subprocess.run(["scontrol", "show", "hostnames", nodes], check=True, capture_output=True, text=True)
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise PipelineError(f"--slurm: cannot expand the node list {nodes!r} with scontrol ({e}): "
-                                f"set $MASTER_ADDR to the first node's address") from None
-        host = out.stdout.split()[0]
-    port = master_port or int(os.environ.get("MASTER_PORT") or 0)
-    if not port:
-        port = 20000 + _slurm_int("SLURM_JOB_ID", "SLURM_JOBID") % 20000
-    return host, port
-
-
-def slurm_env(master_port: Optional[int] = None) -> DistEnv:
-    """One worker per SLURM task: rank ``$SLURM_PROCID`` of ``$SLURM_STEP_NUM_TASKS``."""
-    host, port = slurm_master(master_port)
-    return DistEnv(rank=_slurm_int("SLURM_PROCID"), world_size=_slurm_int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
-                   local_rank=_slurm_int("SLURM_LOCALID"), init_method=f"tcp://{host}:{port}")
-
-
-# --------------------------------------------------------------------------- config changes
-
-
-def _given(hydra_args: Iterable[str], key: str) -> bool:
-    """Whether the command line sets ``key`` (``key=``, ``+key=``, ``++key=``)."""
-    return any(a.lstrip("+").split("=", 1)[0] == key for a in hydra_args if "=" in a)
-
-
-def configure_distributed(cfg, env: DistEnv, backend: str = "auto") -> None:
-    """Fill ``cfg.distributed_training`` (and ``common.cpu``) for the worker ``env`` in place.
-
-    ``backend``: ``auto`` (``gloo`` on CPU, ``nccl`` on GPU), ``gloo``, ``nccl`` or ``keep`` (the
-    config's value).
-    """
-    from omegaconf import open_dict
-
-    cpu = bool(cfg.common.cpu) or not torch.cuda.is_available()
-    dt = cfg.distributed_training
-    with open_dict(cfg):
-        if cpu and not cfg.common.cpu:
-            logger.info("CUDA is not available: training on CPU (common.cpu=true)")
-            cfg.common.cpu = True
-        if dt.distributed_world_size != env.world_size:
-            logger.info("distributed_world_size=%d (the config says %d)", env.world_size, dt.distributed_world_size)
-        dt.distributed_world_size = env.world_size
-        dt.distributed_rank = env.rank
-        dt.distributed_init_method = env.init_method
-        dt.distributed_no_spawn = True
-        dt.device_id = 0 if cpu else env.local_rank
-        if backend != "keep":
-            dt.distributed_backend = ("gloo" if cpu else "nccl") if backend == "auto" else backend
-        if cpu and str(dt.ddp_backend) in ("c10d", "pytorch_ddp"):
-            logger.warning("ddp_backend=%s does not work on CPU with fairseq 0.12.3 (it gives PyTorch DDP "
-                           "device_ids); using no_c10d, which averages the same gradients", dt.ddp_backend)
-            dt.ddp_backend = "no_c10d"
-
-
-def emulate_world_size(cfg, target: int, world_size: int) -> None:
-    """Multiply ``optimization.update_freq`` so that ``world_size`` processes make the batch of ``target``."""
-    from omegaconf import open_dict
-
-    if target < world_size or target % world_size:
-        raise PipelineError(f"--emulate-world-size {target} must be a multiple of the world size ({world_size})")
-    old = list(cfg.optimization.update_freq)
-    with open_dict(cfg):
-        cfg.optimization.update_freq = [int(u) * (target // world_size) for u in old]
-    logger.info("emulating %d processes on %d: optimization.update_freq %s -> %s", target, world_size, old,
-                list(cfg.optimization.update_freq))
-
-
-def check_user_dir(cfg) -> None:
-    """Default ``common.user_dir`` to this package; refuse another copy of it (fairseq would fail)."""
-    from omegaconf import open_dict
-
-    user_dir = cfg.common.user_dir
-    ours = bool(user_dir) and os.path.basename(os.path.normpath(user_dir)) == "fairseq_ext"
-    if not user_dir or (ours and not os.path.isdir(user_dir)):  # unset, or relative to the directory left by hydra
-        with open_dict(cfg):
-            cfg.common.user_dir = PACKAGE_DIR
-        return
-    if ours and os.path.realpath(user_dir) != os.path.realpath(PACKAGE_DIR):
-        raise PipelineError(
-            f"common.user_dir={user_dir} is another copy of fairseq_ext than the one running this launcher "
-            f"({PACKAGE_DIR}): drop common.user_dir, or run the launcher from that tree (PYTHONPATH={os.path.dirname(os.path.normpath(user_dir))})")
-
-
-def check_summable_criterion(cfg) -> None:
-    """Multi-process CPU training needs a criterion whose logging outputs are plain sums."""
-    from fairseq.criterions import CRITERION_REGISTRY
-    from fairseq.utils import import_user_module
-
-    import_user_module(cfg.common)
-    name = cfg.criterion._name if cfg.criterion is not None else None
-    cls = CRITERION_REGISTRY.get(name)
-    if cls is not None and not cls.logging_outputs_can_be_summed():
-        hint = " (use criterion hubert_summable: the same loss)" if name == "hubert" else ""
-        raise PipelineError(
-            f"criterion {name} says its logging outputs cannot be summed: fairseq then gathers them with "
-            f"all_gather_list, which needs CUDA, so multi-process CPU training would crash{hint}")
-
-
-# --------------------------------------------------------------------------- resume guard
-
-
-def is_complete_checkpoint(path: str) -> bool:
-    """A torch zip archive with its central directory (a copy cut short has none)."""
-    if zipfile.is_zipfile(path):
-        return True
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return len(head) == 2 and head[0] == 0x80  # legacy (non-zip) torch pickle: cannot be checked cheaply
-
-
-def resume_fallback(save_dir: str, suffix: str = "") -> Optional[str]:
-    """The file to resume from when ``checkpoint_last{suffix}.pt`` exists but is incomplete.
-
-    fairseq writes the first checkpoint of a save atomically but copies it (not atomically) to the
-    others, ``checkpoint_last.pt`` included; a kill during that copy leaves a truncated file that
-    stops every later resume. Returns None when there is nothing to fix, else the newest complete
-    ``checkpoint*{suffix}.pt`` of ``save_dir`` (the copy's source).
-
-    Raises:
-        PipelineError: checkpoint_last is incomplete and no complete checkpoint is left.
-    """
-    last = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
-    if not os.path.isfile(last) or is_complete_checkpoint(last):
-        return None
-    others = [p for p in glob.glob(os.path.join(glob.escape(save_dir), f"checkpoint*{suffix}.pt"))
-              if os.path.abspath(p) != os.path.abspath(last) and os.path.isfile(p)]
-    for path in sorted(others, key=os.path.getmtime, reverse=True):
-        if is_complete_checkpoint(path):
-            logger.warning("%s is incomplete (killed while fairseq copied it?): resuming from %s", last, path)
-            return path
-    raise PipelineError(f"{last} is incomplete (killed while it was written?) and {save_dir} holds no other complete "
-                        f"checkpoint: move it away to start from scratch")
-
-
-def guard_resume(cfg) -> None:
-    """Point ``checkpoint.restore_file`` at a complete checkpoint when checkpoint_last.pt is cut short."""
-    from omegaconf import open_dict
-
-    ck = cfg.checkpoint
-    if ck.restore_file != "checkpoint_last.pt" or getattr(cfg.distributed_training, "use_sharded_state", False):
-        return
-    fallback = resume_fallback(ck.save_dir, ck.checkpoint_suffix or "")
-    if fallback is not None:
-        with open_dict(cfg):
-            ck.restore_file = os.path.abspath(fallback)
-
-
-# --------------------------------------------------------------------------- digests
-
-
-def tensors_digest(named: Iterable[Tuple[str, Any]]) -> str:
-    """sha256 over ``(name, dtype, shape, bytes)`` of tensors (and ``repr`` of other values), by name."""
-    h = hashlib.sha256()
-    for name, value in sorted(named, key=lambda kv: kv[0]):
-        h.update(name.encode())
-        if torch.is_tensor(value):
-            t = value.detach().cpu().contiguous().reshape(-1)
-            h.update(f"{t.dtype}{tuple(value.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        else:
-            h.update(repr(value).encode())
-    return h.hexdigest()
-
-
-def _flatten(obj: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _flatten(v, f"{prefix}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _flatten(v, f"{prefix}/{i}")
-    else:
-        yield prefix, obj
-
-
-def trainer_digest(trainer) -> Dict[str, Any]:
-    """Digests of a fairseq ``Trainer``'s parameters, buffers and optimizer state, and its update count."""
-    model = trainer.get_model()
-    params = list(model.named_parameters())
-    buffers = list(model.named_buffers())
-    return {
-        "num_updates": int(trainer.get_num_updates()),
-        "n_params": int(sum(p.numel() for _, p in params)),
-        "params": tensors_digest(params),
-        "buffers": tensors_digest(buffers),
-        "buffers_by_name": {name: tensors_digest([(name, b)]) for name, b in buffers},
-        "optimizer": tensors_digest(_flatten(trainer.optimizer.state_dict())),
-    }
-
-
-@contextlib.contextmanager
-def recording_trainers() -> Iterator[List[Any]]:
-    """Collect the ``Trainer`` objects that ``fairseq_cli.train.main`` builds inside the block.
-
-    ``main`` keeps its trainer to itself; for the block, the name ``Trainer`` in
-    ``fairseq_cli.train`` refers to a subclass that records each instance (fairseq's files are
-    untouched, the name is restored afterwards).
-    """
-    import fairseq_cli.train as train_cli
-
-    base_cls = train_cli.Trainer
-    made: List[Any] = []
-
-    class RecordingTrainer(base_cls):  # type: ignore[misc,valid-type]
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    train_cli.Trainer = RecordingTrainer
-    try:
-        yield made
-    finally:
-        train_cli.Trainer = base_cls
-
-
-def _write_json(path: str, data: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
 
 
 # --------------------------------------------------------------------------- workers

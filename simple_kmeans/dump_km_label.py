@@ -15,6 +15,11 @@ fairseq's order. On the CPU the labels equal fairseq's ApplyKmeans (numpy) bit f
 on a GPU they may differ where two centroids are tied within float32 rounding (either is then
 equally near; fairseq's own CPU and GPU paths differ there too). The output is written to a
 temporary name and renamed when complete.
+
+A feature shard dumped with --skip-bad holds only the files it kept: the .km shard has one line
+per kept file (the log says how many were left out and where they are listed); merge the shards
+with ``fairseq-ext-merge-labels ... --feat-dir FEAT_DIR --kept-manifest-dir DIR`` to get the
+manifest that matches them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from simple_kmeans.common import (PipelineError, ShardArg, atomic_output, check_writable_dir, feat_paths,
-                                  label_path, load_feat_shard, progress, resolve_shard, run_cli, shard_arg)
+                                  label_path, load_feat_shard, progress, read_skipped, resolve_shard, run_cli,
+                                  shard_arg, skipped_path)
 from simple_kmeans.kmeans_backends import load_centers
 
 logger = logging.getLogger("dump_km_label")
@@ -135,6 +141,12 @@ def main(feat_dir: str, split: str, km_path: str, nshard: ShardArg, rank: ShardA
     out_path = label_path(check_writable_dir(lab_dir), split, rank, nshard)
     logger.info("labelling %d utterances, %d frames of %s with K=%d on %s", len(lengths), len(feats),
                 npy, len(centers), assign.device)
+    report = skipped_path(feat_dir, split, rank, nshard)
+    n_skipped = len(read_skipped(report))
+    if n_skipped:
+        logger.warning("the feature shard left out %d bad file(s) of its manifest part (listed in %s): the "
+                       "%d lines of the labels follow the kept files; train on the kept-files manifest "
+                       "(merge_labels --kept-manifest-dir)", n_skipped, report, len(lengths))
     start = time.perf_counter()
     with atomic_output(out_path) as f:
         chunks = list(utterance_chunks(lengths, batch_frames))

@@ -3,6 +3,7 @@
            [--init k-means++] [--max_iter 100] [--batch_size 10000] [--tol 0.0]
            [--max_no_improvement 100] [--n_init 20] [--reassignment_ratio 0.0]
            [--niter 30] [--seed-sample 30000] [--max-points-per-centroid 2048]
+           [--stream [--stream-passes 1]]
 
 Learn k-means centroids on dumped features (all shards ``{split}_{rank}_{NSHARD}.npy/.len`` of
 FEAT_DIR) and save the model to KM_PATH with joblib, like fairseq's
@@ -13,6 +14,11 @@ Backends:
   faiss    k-means++ seeding on --seed-sample frames, then --niter faiss Lloyd iterations on the
            sampled frames (at most K x --max-points-per-centroid of them): several times faster,
            at the same or lower inertia (benchmarks/bench_kmeans.py).
+  sklearn --stream
+           for data larger than memory: nothing is loaded; MiniBatchKMeans.partial_fit streams
+           over every sampled frame in mini-batches of --batch_size frames read from the shards
+           (--stream-passes passes), from k-means++ centroids of --seed-sample frames. Memory
+           stays flat as the data grows (benchmarks/bench_kmeans_memory.py).
 Either way KM_PATH holds a fitted scikit-learn estimator: fairseq's dump_km_label.py, our
 dump_km_label.py and ``model.predict`` all read it.
 
@@ -32,13 +38,13 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
 from simple_kmeans import kmeans_backends as backends
-from simple_kmeans.common import (PipelineError, check_writable_dir, feat_paths, load_feat_shard,
-                                  progress, run_cli)
+from simple_kmeans.common import PipelineError, check_writable_dir, run_cli
+from simple_kmeans.feature_sample import materialize, open_shards, sample_positions  # noqa: F401 (public here too)
 
 logger = logging.getLogger("learn_kmeans")
 
@@ -59,14 +65,6 @@ class KmeansSummary:
     peak_rss_mb: float
 
 
-@dataclass
-class _Shard:
-    npy: Path
-    feats: np.ndarray  # memory-mapped, (frames, dim)
-    starts: np.ndarray  # first frame of each sampled segment, in sampling order
-    lens: np.ndarray  # frames of each sampled segment
-
-
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (``ru_maxrss``), in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -75,114 +73,6 @@ def peak_rss_mb() -> float:
 def default_max_memory_gb() -> float:
     """Half of the machine's physical memory."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 / 2
-
-
-def open_shards(feat_dir: str, split: str, nshard: int, percent: float,
-                rng: np.random.RandomState) -> List[_Shard]:
-    """Memory-map every shard and pick utterances like fairseq (``rng.choice`` per shard in order)."""
-    if nshard < 1:
-        raise PipelineError(f"nshard must be >= 1, got {nshard}")
-    if not (percent < 0 or 0 < percent <= 1):
-        raise PipelineError(f"--percent must be in (0, 1] (a fraction of utterances) or -1 for all, got {percent}")
-    shards = []
-    for rank in range(nshard):
-        feats, lengths = load_feat_shard(feat_dir, split, rank, nshard)
-        npy = feat_paths(feat_dir, split, rank, nshard)[0]
-        if shards and feats.shape[1] != shards[0].feats.shape[1]:
-            raise PipelineError(
-                f"{npy} has dimension {feats.shape[1]} but {shards[0].npy} has {shards[0].feats.shape[1]}: "
-                f"all shards of a split must come from the same feature extractor"
-            )
-        if percent < 0:
-            starts, lens = np.zeros(1, dtype=np.int64), np.array([len(feats)], dtype=np.int64)
-        else:
-            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-            nsample = int(np.ceil(len(lengths) * percent))
-            idx = rng.choice(len(lengths), nsample, replace=False)
-            starts, lens = offsets[idx], lengths[idx]
-            logger.info("sampled %d utterances, %d frames from shard %d/%d",
-                        nsample, int(lens.sum()), rank, nshard)
-        shards.append(_Shard(npy, feats, starts, lens))
-    return shards
-
-
-def sample_positions(gen: np.random.Generator, total: int, k: int, block: int = 1 << 20) -> np.ndarray:
-    """``k`` sorted distinct positions drawn uniformly from ``range(total)`` in O(k + block) memory."""
-    nblocks = -(-total // block)
-    sizes = np.full(nblocks, block, dtype=np.int64)
-    sizes[-1] = total - block * (nblocks - 1)
-    counts = gen.multivariate_hypergeometric(sizes, k, method="marginals") if nblocks > 1 else [k]
-    parts = [b * block + np.sort(gen.choice(int(sizes[b]), int(c), replace=False))
-             for b, c in enumerate(counts) if c]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _read_rows(shard: _Shard, start: int, out: np.ndarray) -> None:
-    """Fill ``out`` (n, C) with rows ``start:start+n`` of the shard.
-
-    Plain file reads, not the memory map: mapped pages would count in the process' resident
-    memory (and so in the reported peak) although only the copy is needed.
-    """
-    feats = shard.feats
-    if (isinstance(feats, np.memmap) and feats.flags.c_contiguous and feats.dtype == out.dtype
-            and out.flags.c_contiguous):
-        row_bytes = feats.shape[1] * feats.itemsize
-        with open(feats.filename, "rb") as f:
-            f.seek(feats.offset + start * row_bytes)
-            got = f.readinto(memoryview(out).cast("B"))
-        if got == out.nbytes:
-            return
-        raise PipelineError(f"{shard.npy} is shorter than its header says: rerun the dumping step")
-    out[:] = feats[start:start + len(out)]
-
-
-def _gather_rows(shard: _Shard, src: np.ndarray, dst: np.ndarray, out: np.ndarray, block_rows: int) -> None:
-    """``out[dst] = shard rows src``, reading the shard in ascending blocks of at most ``block_rows``."""
-    order = np.argsort(src, kind="stable")
-    src, dst = src[order], dst[order]
-    buf = np.empty((block_rows, out.shape[1]), dtype=out.dtype)
-    n_rows = len(shard.feats)
-    i = 0
-    while i < len(src):
-        b0 = int(src[i])
-        b1 = min(b0 + block_rows, n_rows)
-        j = int(np.searchsorted(src, b1, side="left"))
-        last = int(src[j - 1]) + 1
-        _read_rows(shard, b0, buf[:last - b0])
-        out[dst[i:j]] = buf[src[i:j] - b0]
-        i = j
-
-
-def materialize(shards: List[_Shard], max_frames: Optional[int], gen: np.random.Generator,
-                block_bytes: int = 32 * 2**20) -> np.ndarray:
-    """Read the sampled segments into one float32 array (N, C), in sampling order.
-
-    When the sample has more than ``max_frames`` frames, a uniform random subset of its frames
-    (kept in sampling order) is read instead, block by block, within ``max_frames`` rows of memory.
-    """
-    dim = shards[0].feats.shape[1]
-    total = int(sum(int(s.lens.sum()) for s in shards))
-    n = total if max_frames is None else min(total, max_frames)
-    out = np.empty((n, dim), dtype=np.float32)
-    if n == total:
-        pos = 0
-        for shard in progress(shards, desc="read", unit="shard"):
-            for s, ln in zip(shard.starts.tolist(), shard.lens.tolist()):
-                _read_rows(shard, s, out[pos:pos + ln])
-                pos += ln
-        return out
-    positions = sample_positions(gen, total, n)  # in the concatenation of all sampled segments
-    block_rows = max(1, block_bytes // (4 * dim))
-    shard_begin = 0
-    for shard in progress(shards, desc="read", unit="shard"):
-        seg_end = shard_begin + np.cumsum(shard.lens)
-        lo, hi = np.searchsorted(positions, [shard_begin, seg_end[-1] if len(seg_end) else shard_begin])
-        pos = positions[lo:hi]
-        seg = np.searchsorted(seg_end, pos, side="right")
-        src = shard.starts[seg] + (pos - (seg_end[seg] - shard.lens[seg]))
-        _gather_rows(shard, src, np.arange(lo, hi), out, block_rows)
-        shard_begin = int(seg_end[-1]) if len(seg_end) else shard_begin
-    return out
 
 
 def load_sample(feat_dir: str, split: str, nshard: int, percent: float, rng: np.random.RandomState,
@@ -212,11 +102,36 @@ _FAISS_ONLY = {"niter": backends.FAISS_NITER, "seed_sample": backends.FAISS_SEED
                "max_points_per_centroid": backends.FAISS_MAX_POINTS_PER_CENTROID}
 
 
+_STREAM_UNUSED = {k: v for k, v in {**_SKLEARN_ONLY, **_FAISS_ONLY}.items()
+                  if k not in ("batch_size", "reassignment_ratio", "seed_sample")}
+
+
 def _warn_unused_options(backend: str, kwargs: dict) -> None:
-    other = _FAISS_ONLY if backend == "sklearn" else _SKLEARN_ONLY
+    if kwargs["stream"]:
+        other, what = {**_STREAM_UNUSED, "max_memory": None, "init": "k-means++"}, "--stream"
+    else:
+        other, what = (_FAISS_ONLY if backend == "sklearn" else _SKLEARN_ONLY), f"--backend {backend}"
+        other = {**other, "stream_passes": 1}
     changed = [k for k, default in other.items() if kwargs[k] != default]
     if changed:
-        logger.warning("options %s have no effect with --backend %s", ", ".join(changed), backend)
+        logger.warning("options %s have no effect with %s", ", ".join(changed), what)
+
+
+def _fit_streaming(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, seed: int,
+                   percent: float, batch_size: int, passes: int, seed_sample: int, reassignment_ratio: float,
+                   threads: Optional[int]) -> KmeansSummary:
+    """``--stream``: mini-batch k-means over every sampled frame, read batch by batch (kmeans_stream)."""
+    from simple_kmeans.kmeans_stream import fit_stream, streamed_inertia
+
+    shards = open_shards(feat_dir, split, nshard, percent, np.random.RandomState(seed))
+    model, info = fit_stream(shards, n_clusters, seed=seed, batch_size=batch_size, passes=passes,
+                             seed_sample=seed_sample, reassignment_ratio=reassignment_ratio, threads=threads)
+    backends.save_model(model, km_path)
+    with backends.limit_threads(threads):
+        total, frames = streamed_inertia(shards, model.cluster_centers_)
+    logger.info("streamed mini-batch k-means (K=%d) on %d frames in %.1f s", n_clusters, frames, info.seconds)
+    return KmeansSummary(str(km_path), "sklearn-stream", frames, shards[0].feats.shape[1], n_clusters,
+                         total / frames, info.seconds, peak_rss_mb())
 
 
 def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, seed: int = 0,
@@ -225,8 +140,12 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
          reassignment_ratio: float = 0.0, backend: str = "sklearn", max_memory: Optional[float] = None,
          niter: int = backends.FAISS_NITER, seed_sample: int = backends.FAISS_SEED_SAMPLE,
          max_points_per_centroid: int = backends.FAISS_MAX_POINTS_PER_CENTROID,
-         threads: Optional[int] = None) -> KmeansSummary:
-    """Train k-means on the sampled frames of all shards and save it to ``km_path`` (joblib)."""
+         threads: Optional[int] = None, stream: bool = False, stream_passes: int = 1) -> KmeansSummary:
+    """Train k-means on the sampled frames of all shards and save it to ``km_path`` (joblib).
+
+    With ``stream`` (sklearn backend), the frames are not loaded: mini-batch k-means streams over
+    them ``stream_passes`` times (:mod:`simple_kmeans.kmeans_stream`).
+    """
     if backend not in backends.BACKENDS:
         raise PipelineError(f"unknown --backend {backend!r}; use one of {backends.BACKENDS}")
     if n_clusters < 1:
@@ -234,7 +153,16 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
     if init not in backends.INITS:
         raise PipelineError(f"--init {init!r} is not supported; use one of {backends.INITS}")
     _warn_unused_options(backend, locals())
+    if stream and backend != "sklearn":
+        raise PipelineError("--stream is mini-batch k-means: use it with --backend sklearn")
     check_writable_dir(Path(km_path).resolve().parent)
+    if stream:
+        summary = _fit_streaming(feat_dir, split, nshard, km_path, n_clusters, seed, percent, batch_size,
+                                 stream_passes, seed_sample, reassignment_ratio, threads)
+        logger.info("inertia per frame: %.5f", summary.inertia_per_frame)
+        logger.info("peak memory: %.0f MiB", summary.peak_rss_mb)
+        logger.info("saved %s; finished successfully", km_path)
+        return summary
     # fairseq seeds numpy's global state, samples utterances from it, then fits with it
     rng = np.random.RandomState(seed)
     feats = load_sample(feat_dir, split, nshard, percent, rng, max_memory, seed)
@@ -289,10 +217,15 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--n_init", "--n-init", dest="n_init", default=20, type=int)
     g.add_argument("--reassignment_ratio", "--reassignment-ratio", dest="reassignment_ratio",
                    default=0.0, type=float)
+    g.add_argument("--stream", action="store_true",
+                   help="do not load the frames: stream mini-batches of --batch_size frames over all sampled "
+                        "frames (memory independent of the data size; --seed-sample frames seed k-means++)")
+    g.add_argument("--stream-passes", "--stream_passes", dest="stream_passes", default=1, type=int,
+                   help="--stream: passes over the data (default: 1)")
     g = p.add_argument_group("faiss backend")
     g.add_argument("--niter", default=backends.FAISS_NITER, type=int, help="Lloyd iterations")
     g.add_argument("--seed-sample", "--seed_sample", dest="seed_sample", default=backends.FAISS_SEED_SAMPLE,
-                   type=int, help="frames sampled for the k-means++ seeding")
+                   type=int, help="frames sampled for the k-means++ seeding (faiss and --stream)")
     g.add_argument("--max-points-per-centroid", "--max_points_per_centroid", dest="max_points_per_centroid",
                    default=backends.FAISS_MAX_POINTS_PER_CENTROID, type=int,
                    help="Lloyd iterations use at most K x this many random frames")

@@ -1,5 +1,5 @@
 """Usage: fairseq-ext-merge-labels LAB_DIR SPLIT NSHARD [--tsv-dir DIR] [--feat-dir DIR]
-                                 [--n-clusters K | --km-path MODEL]
+                                 [--n-clusters K | --km-path MODEL] [--kept-manifest-dir DIR]
 
 Merge the label shards ``{LAB_DIR}/{SPLIT}_{rank}_{NSHARD}.km`` (rank order) into
 ``{LAB_DIR}/{SPLIT}.km`` and write the fairseq dictionary ``{LAB_DIR}/dict.km.txt``
@@ -10,8 +10,13 @@ This is fairseq's ``cat {split}_*_{nshard}.km > {split}.km`` with checks that ``
   * a missing shard, a non-integer or out-of-range label is an error naming the file and line;
   * with ``--tsv-dir``, each shard must have exactly as many lines as its part of
     ``{tsv-dir}/{SPLIT}.tsv`` (fairseq's shard ranges), so the labels line up with the audio;
+    with ``--feat-dir`` too, minus the files that --skip-bad dumps left out (the shards'
+    ``{SPLIT}_{rank}_{NSHARD}.skipped.tsv`` reports in FEAT_DIR);
   * with ``--feat-dir``, every utterance must have as many labels as its feature frames
     (``{feat-dir}/{SPLIT}_{rank}_{NSHARD}.len``).
+Skipped files: ``--kept-manifest-dir DIR`` (needs --tsv-dir and --feat-dir) writes DIR/SPLIT.tsv,
+the manifest minus the skipped files, line for line aligned with the merged labels: train with
+``task.data=DIR`` (and make speaker labels from it). The log says how many files were skipped.
 K comes from ``--n-clusters``, else from the k-means model's ``cluster_centers_``
 (``--km-path``), else from the largest label + 1 (with a warning: clusters never used in this
 split would be missing, and another split could get a different dictionary).
@@ -31,8 +36,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from simple_kmeans.common import (
-    PipelineError, atomic_output, feat_paths, label_path, manifest_path, read_lengths, read_manifest,
-    run_cli, shard_range,
+    PipelineError, atomic_output, count_skipped, feat_paths, kept_entries, label_path, manifest_path,
+    read_lengths, read_manifest, run_cli, shard_range, write_kept_manifest,
 )
 
 logger = logging.getLogger("merge_labels")
@@ -102,13 +107,17 @@ def write_dict(lab_dir: os.PathLike | str, n_clusters: int, name: str = "km") ->
 
 def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
          feat_dir: Optional[str] = None, n_clusters: Optional[int] = None,
-         km_path: Optional[str] = None) -> Dict[str, object]:
+         km_path: Optional[str] = None, kept_manifest_dir: Optional[str] = None) -> Dict[str, object]:
     """Merge shards and write the dictionary (see the module docstring).
 
     Returns:
-        ``{"labels": Path, "dict": Path, "n_utts": int, "n_frames": int, "n_clusters": int}``.
+        ``{"labels": Path, "dict": Path, "n_utts": int, "n_frames": int, "n_clusters": int,
+        "n_skipped": int, "skipped_reports": [Path], "kept_manifest": Path | None}``.
     """
     lab_dir_p = Path(lab_dir)
+    if kept_manifest_dir and not (tsv_dir and feat_dir):
+        raise PipelineError("--kept-manifest-dir needs --tsv-dir (the manifest the features were dumped from) "
+                            "and --feat-dir (where the dumps listed the skipped files)")
     manifest = read_manifest(manifest_path(tsv_dir, split)) if tsv_dir else None
     if manifest is not None:
         shard_range(len(manifest), nshard, 0)  # validates nshard against the manifest
@@ -119,6 +128,7 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
     if missing:
         raise PipelineError(f"missing label shard(s): {', '.join(missing)}; run dump_km_label "
                             f"for these ranks (nshard={nshard}) first")
+    n_skipped, reports = count_skipped(feat_dir, split, nshard) if feat_dir else (0, [])
 
     scans = []
     for rank, path in enumerate(shards):
@@ -126,12 +136,17 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
         n = len(scan["lengths"])
         if manifest is not None:
             start, end = shard_range(len(manifest), nshard, rank)
-            if n != end - start:
+            kept = (kept_entries(manifest, nshard, rank, feat_dir, split) if feat_dir
+                    else manifest.entries[start:end])
+            if n != len(kept):
+                left_out = f" minus {end - start - len(kept)} skipped" if len(kept) != end - start else ""
+                hint = ("" if feat_dir else "; if the features were dumped with --skip-bad, pass --feat-dir so "
+                        "that the skipped files are counted")
                 raise PipelineError(
                     f"{path} has {n} lines but shard {rank}/{nshard} of {manifest.path} has "
-                    f"{end - start} utterances (lines {manifest.entries[start].line}-"
-                    f"{manifest.entries[end - 1].line}): the labels "
-                    f"were made from another manifest or nshard; redo the features and labels")
+                    f"{len(kept)} utterances (lines {manifest.entries[start].line}-"
+                    f"{manifest.entries[end - 1].line}{left_out}): the labels "
+                    f"were made from another manifest or nshard; redo the features and labels{hint}")
         if feat_dir is not None:
             len_path = feat_paths(feat_dir, split, rank, nshard)[1]
             frames = read_lengths(len_path)
@@ -170,8 +185,18 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
     dict_path = write_dict(lab_dir_p, n_clusters)
     logger.info("wrote %s (%d utterances, %d frames) and %s (K=%d)", out, n_utts, n_frames,
                 dict_path, n_clusters)
+    kept_manifest = None
+    if kept_manifest_dir:
+        kept_manifest = write_kept_manifest(tsv_dir, split, nshard, feat_dir, kept_manifest_dir)
+    if n_skipped:
+        logger.warning("%d bad file(s) were left out by the --skip-bad dumps (listed in %s): %s", n_skipped,
+                       ", ".join(map(str, reports)),
+                       f"train on {kept_manifest}, whose lines match {out}" if kept_manifest else
+                       f"{out} does not match {split}.tsv line for line; write the matching manifest with "
+                       f"--tsv-dir, --feat-dir and --kept-manifest-dir")
     return {"labels": out, "dict": dict_path, "n_utts": n_utts, "n_frames": n_frames,
-            "n_clusters": n_clusters}
+            "n_clusters": n_clusters, "n_skipped": n_skipped, "skipped_reports": reports,
+            "kept_manifest": kept_manifest}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -186,6 +211,9 @@ def get_parser() -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--n-clusters", type=int, default=None, help="number of k-means clusters K")
     group.add_argument("--km-path", default=None, help="k-means model: K is read from it")
+    parser.add_argument("--kept-manifest-dir", default=None, metavar="DIR",
+                        help="write DIR/SPLIT.tsv: the manifest of --tsv-dir minus the files --skip-bad dumps "
+                             "left out (listed in --feat-dir), aligned with the merged labels")
     return parser
 
 

@@ -25,6 +25,14 @@ an interrupted unit has no stamp and is redone; a deleted output redoes only its
 settings or inputs (new audio files, another K, ...) redo the units they affect. --force redoes
 everything.
 
+--skip-bad leaves unusable audio out instead of stopping: at the manifest step (unreadable,
+wrong channels or rate; listed in OUT_DIR/manifest/bad_files.tsv) and at the feature step (files
+that fail to decode, disagree with the manifest or are too short; listed in
+OUT_DIR/feat/{split}_{rank}_{N}.skipped.tsv). The merged labels then follow
+OUT_DIR/kept_manifest/{split}.tsv (the manifest minus the skipped files, line for line): the
+printed training command uses it as task.data, and the end of the run says how many files were
+left out and where they are listed.
+
 --demo OUT_DIR generates a synthetic corpus with known phones in OUT_DIR/corpus (4 speakers x
 12 utterances, simple_kmeans.make_demo_corpus), runs every step on it with --phones and prints
 the quality report; it takes a few seconds.
@@ -33,220 +41,28 @@ the quality report; it takes a few seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import importlib
 import importlib.util
 import json
 import logging
-import multiprocessing
 import os
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 from simple_kmeans.common import (
-    PipelineError, atomic_output, feat_paths, label_path, read_manifest, run_cli, setup_logging,
+    PipelineError, atomic_output, count_skipped, feat_paths, label_path, read_manifest, run_cli, skipped_path,
+)
+from simple_kmeans.runner import (  # noqa: F401 (Runner, Unit, digest, ... were defined here before)
+    THREAD_VARS, Runner, Unit, _environ, _exclusive, _init_worker, _quiet_loggers, call, digest, file_digest,
+    file_fingerprint,
 )
 
 logger = logging.getLogger("pipeline")
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 DEMO = {"n_speakers": 4, "utts_per_speaker": 12, "seed": 0, "valid_percent": 0.1}
 LABEL_RATE = {"mfcc": 100, "hubert": 50}
 # Below this much audio in a step, starting worker processes costs more than it saves.
 PARALLEL_MIN_AUDIO_S = 600.0
-
-
-# --------------------------------------------------------------------------- units and stamps
-
-
-def digest(obj) -> str:
-    """Stable hash of a JSON-able object."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def file_digest(path: os.PathLike | str) -> str:
-    """Content hash of a (small) file such as a manifest or a phone reference."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:20]
-
-
-def file_fingerprint(path: os.PathLike | str) -> List:
-    """Path, size and modification time of a large input (a checkpoint), without reading it."""
-    st = os.stat(path)
-    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
-
-
-@dataclass
-class Unit:
-    """One unit of work: ``func`` (``"module:function"``) called with ``kwargs``, producing ``outputs``."""
-
-    name: str
-    func: str
-    kwargs: Dict[str, object]
-    outputs: List[Path]
-    inputs: Dict[str, object] = field(default_factory=dict)  # what the signature covers
-
-    @property
-    def signature(self) -> str:
-        """Hash of what the unit does and reads (absolute paths: a moved folder is redone)."""
-        return digest({"func": self.func, "kwargs": self.kwargs, "inputs": self.inputs})
-
-
-def call(func: str, kwargs: Dict[str, object]):
-    """Import ``module:function`` lazily and call it (also the entry point of worker processes)."""
-    module, name = func.split(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)
-
-
-def _quiet_loggers() -> None:
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Could not load AVX512 ..." noise
-
-
-def _init_worker() -> None:
-    setup_logging()
-    _quiet_loggers()
-
-
-@contextlib.contextmanager
-def _environ(values: Dict[str, str]):
-    """Temporarily set environment variables that are not already set (the user's settings win)."""
-    saved = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        os.environ.setdefault(k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path):
-    """Refuse to run two pipelines on the same output folder at once."""
-    import fcntl
-
-    with open(out / ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PipelineError(f"another fairseq-ext-labels is running in {out}; wait for it to finish") from None
-        yield
-
-
-class Runner:
-    """Runs units, skipping those whose stamp matches (see the module docstring).
-
-    Parallel units go to a pool of ``jobs`` spawned worker processes, started on first use
-    (each with ``cores // jobs`` BLAS/OpenMP threads) and kept until :meth:`close`.
-    """
-
-    def __init__(self, out_dir: Path, jobs: int = 1, force: bool = False):
-        self.stamp_dir = out_dir / ".stamps"
-        self.jobs = max(1, jobs)
-        self.force = force
-        self.ran: List[str] = []
-        self.skipped: List[str] = []
-        self._pool = None
-
-    def __enter__(self) -> "Runner":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(terminate=exc_type is not None)
-
-    def close(self, terminate: bool = False) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=terminate)
-            self._pool = None
-
-    def pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:  # spawn: fork is unsafe after OpenMP/torch use in this process
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker)
-        return self._pool
-
-    def stamp_path(self, unit: Unit) -> Path:
-        return self.stamp_dir / (unit.name.replace("/", "__") + ".json")
-
-    def is_done(self, unit: Unit) -> bool:
-        path = self.stamp_path(unit)
-        if not path.is_file() or not all(Path(p).exists() for p in unit.outputs):
-            return False
-        try:
-            return json.loads(path.read_text()).get("signature") == unit.signature
-        except (OSError, ValueError):
-            return False
-
-    def _finish(self, unit: Unit, seconds: float) -> None:
-        with atomic_output(self.stamp_path(unit)) as f:
-            json.dump({"signature": unit.signature, "outputs": [str(p) for p in unit.outputs],
-                       "seconds": round(seconds, 3), "inputs": unit.inputs, "kwargs": unit.kwargs},
-                      f, indent=1, default=str)
-        self.ran.append(unit.name)
-        logger.info("done %s (%.1f s)", unit.name, seconds)
-
-    def run(self, units: Sequence[Unit], parallel: bool = False) -> None:
-        """Run the units that are not done; with ``parallel``, in the worker pool.
-
-        ``parallel`` is ignored (units run in this process) for one unit or ``jobs=1``.
-        """
-        todo, done = [], []
-        for unit in units:
-            (done if not self.force and self.is_done(unit) else todo).append(unit)
-        self.skipped += [u.name for u in done]
-        step = units[0].name.split("/")[0] if units else ""
-        if len(units) > 1 and len(done) == len(units):
-            logger.info("skipping %s: all %d units already done", step, len(units))
-        else:
-            for unit in done:
-                logger.info("skipping %s: already done", unit.name)
-        self.stamp_dir.mkdir(parents=True, exist_ok=True)
-        for unit in todo:  # a redo must not leave a stamp that matches half-new outputs
-            with contextlib.suppress(FileNotFoundError):
-                self.stamp_path(unit).unlink()
-        if not (parallel and self.jobs > 1 and len(todo) > 1):
-            for unit in todo:
-                logger.info("running %s", unit.name)
-                start = time.perf_counter()
-                call(unit.func, unit.kwargs)
-                self._finish(unit, time.perf_counter() - start)
-            return
-        logger.info("running %s in %d processes: %s", step, self.jobs, ", ".join(u.name for u in todo))
-        start = time.perf_counter()
-        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        with _environ({k: threads for k in THREAD_VARS}):  # inherited by workers started by submit()
-            futures = {self.pool().submit(call, u.func, u.kwargs): u for u in todo}
-        errors = []
-        for fut in as_completed(futures):  # finished units get their stamps even if another one fails
-            unit = futures[fut]
-            try:
-                fut.result()
-            except BrokenProcessPool:
-                errors.append((unit, PipelineError(
-                    f"a worker process died while running {unit.name} (out of memory?); "
-                    f"rerun with fewer --jobs")))
-            except Exception as e:
-                errors.append((unit, e))
-            else:
-                self._finish(unit, time.perf_counter() - start)
-        for unit, e in errors:
-            logger.error("%s failed: %s", unit.name, e)
-        if errors:
-            unit, e = errors[0]
-            if isinstance(e, PipelineError):
-                raise PipelineError(f"{len(errors)} unit(s) failed; first: {unit.name}: {e}")
-            raise e
 
 
 # --------------------------------------------------------------------------- steps
@@ -311,6 +127,8 @@ class LabelPipeline:
         self.cfg, self.runner = cfg, runner
         self.feat_dir, self.lab_dir, self.km_path = cfg.out / "feat", cfg.out / "labels", cfg.out / "km.mdl"
         self.man_dir = Path(cfg.tsv_dir).resolve() if cfg.tsv_dir else cfg.out / "manifest"
+        # the manifest the labels follow line for line: with --skip-bad, the one without the skipped files
+        self.data_dir = cfg.out / "kept_manifest" if cfg.skip_bad else self.man_dir
 
     def corpus(self) -> None:
         corpus = self.cfg.out / "corpus"
@@ -358,11 +176,18 @@ class LabelPipeline:
             func = "simple_kmeans.dump_hubert_feature:main"
             fkw = {"ckpt_path": str(Path(cfg.ckpt).resolve()), "layer": cfg.layer, "max_chunk": cfg.max_chunk}
             extra = {"ckpt": file_fingerprint(cfg.ckpt)}
+        if cfg.skip_bad:
+            fkw["skip_bad"] = True  # only when set: stamps of earlier runs without it stay valid
+
+        def outputs(s: str, r: int, n: int) -> List[Path]:
+            report = [skipped_path(self.feat_dir, s, r, n)] if cfg.skip_bad else []
+            return list(feat_paths(self.feat_dir, s, r, n)) + report
+
         self.feat_sig = {s: digest([self.man_sig[s], func, fkw, extra, self.shards[s]]) for s in self.splits}
         self.runner.run([
             Unit(f"features/{s}_{r}_{n}", func, {"tsv_dir": str(self.man_dir), "split": s, "nshard": n, "rank": r,
                                                  "feat_dir": str(self.feat_dir), **fkw},
-                 list(feat_paths(self.feat_dir, s, r, n)), {"features": self.feat_sig[s]})
+                 outputs(s, r, n), {"features": self.feat_sig[s]})
             for s, r, n in self._shards()], parallel=self.parallel)
 
     def kmeans(self) -> None:
@@ -384,17 +209,19 @@ class LabelPipeline:
             for s, r, n in self._shards()], parallel=self.parallel)
 
     def merge(self) -> None:
+        kept = {"kept_manifest_dir": str(self.data_dir)} if self.cfg.skip_bad else {}
         self.runner.run([
             Unit(f"merge/{s}", "simple_kmeans.merge_labels:main",
                  {"lab_dir": str(self.lab_dir), "split": s, "nshard": self.shards[s], "tsv_dir": str(self.man_dir),
-                  "feat_dir": str(self.feat_dir), "n_clusters": self.cfg.n_clusters},
-                 [self.lab_dir / f"{s}.km", self.lab_dir / "dict.km.txt"], {"labels": self.lab_sig[s]})
+                  "feat_dir": str(self.feat_dir), "n_clusters": self.cfg.n_clusters, **kept},
+                 [self.lab_dir / f"{s}.km", self.lab_dir / "dict.km.txt"]
+                 + ([self.data_dir / f"{s}.tsv"] if kept else []), {"labels": self.lab_sig[s]})
             for s in self.splits])
         self.merged_sig = digest([self.lab_sig[s] for s in self.splits])
 
     def quality(self) -> None:
         cfg, out = self.cfg, self.cfg.out
-        kw = {"tsv_dir": str(self.man_dir), "lab_dir": str(self.lab_dir), "splits": self.splits,
+        kw = {"tsv_dir": str(self.data_dir), "lab_dir": str(self.lab_dir), "splits": self.splits,
               "phones": str(Path(cfg.phones).resolve()) if cfg.phones else None,
               "upsample": 100 // LABEL_RATE[cfg.feature], "n_clusters": cfg.n_clusters,
               "json_path": str(out / "quality.json"), "txt_path": str(out / "quality.txt")}
@@ -404,7 +231,7 @@ class LabelPipeline:
 
     def espnet(self) -> None:
         esp = self.cfg.out / "espnet"
-        kw = {"tsv_dir": str(self.man_dir), "lab_dir": str(self.lab_dir), "split": self.splits,
+        kw = {"tsv_dir": str(self.data_dir), "lab_dir": str(self.lab_dir), "split": self.splits,
               "out_dir": str(esp), "n_clusters": self.cfg.n_clusters, "uid_style": self.cfg.uid_style}
         outputs = [esp / "tokens.txt"] + [esp / s / "text" for s in self.splits]
         self.runner.run([Unit("espnet", "simple_kmeans.export_espnet:main", kw, outputs,
@@ -422,13 +249,26 @@ class LabelPipeline:
         if self.cfg.espnet:
             self.espnet()
 
+    def skipped_files(self) -> Dict[str, object]:
+        """Files left out by --skip-bad: ``{"manifest": n, "features": n, "reports": [Path]}``."""
+        bad_list = self.man_dir / "bad_files.tsv"
+        n_manifest = 0
+        if self.cfg.skip_bad and not self.cfg.tsv_dir and bad_list.is_file():
+            n_manifest = max(0, len(bad_list.read_text(encoding="utf-8").splitlines()) - 1)
+        n_features, reports = 0, [bad_list] if n_manifest else []
+        for s in self.splits:
+            n, paths = count_skipped(self.feat_dir, s, self.shards[s])
+            n_features += n
+            reports += paths
+        return {"manifest": n_manifest, "features": n_features, "reports": reports}
+
     def training_command(self) -> str:
         """The fairseq-hydra-train command line that uses these labels."""
         spec = importlib.util.find_spec("fairseq")  # located, not imported (importing loads torch)
         fairseq_dir = list(spec.submodule_search_locations)[0] if spec else "<fairseq>"
         return (f"fairseq-hydra-train --config-dir {fairseq_dir}/examples/hubert/config/pretrain "
                 "--config-name hubert_base_librispeech "
-                f"task.data={self.man_dir} task.label_dir={self.lab_dir} "
+                f"task.data={self.data_dir} task.label_dir={self.lab_dir} "
                 f"task.labels='[\"km\"]' model.label_rate={LABEL_RATE[self.cfg.feature]} "
                 f"distributed_training.distributed_world_size=1 hydra.run.dir={self.cfg.out / 'hubert'}")
 
@@ -445,7 +285,8 @@ def main(audio_root: Optional[str] = None, out_dir: Optional[str] = None, demo: 
 
     Returns:
         ``{"out_dir": Path, "ran": [unit names], "skipped": [unit names], "splits": [str],
-        "report": dict, "report_text": str, "train_command": str}``.
+        "report": dict, "report_text": str, "train_command": str, "data_dir": Path (the manifest folder
+        the labels follow), "bad_files": {"manifest": n, "features": n, "reports": [Path]}}``.
     """
     if demo:
         if audio_root or out_dir or tsv_dir:
@@ -480,14 +321,25 @@ def main(audio_root: Optional[str] = None, out_dir: Optional[str] = None, demo: 
         pipe.run()
     report_text = (out / "quality.txt").read_text()
     command = pipe.training_command()
+    bad = pipe.skipped_files()
+    bad_text = ""
+    if skip_bad:
+        n_bad = bad["manifest"] + bad["features"]
+        bad_text = (f"--skip-bad: left out {n_bad} bad audio file(s) ({bad['manifest']} when making the manifest, "
+                    f"{bad['features']} when dumping features)"
+                    + (f", listed in {', '.join(map(str, bad['reports']))}" if n_bad else "")
+                    + f"; the labels follow {pipe.data_dir}/{{{','.join(pipe.splits)}}}.tsv")
+        (logger.warning if n_bad else logger.info)("%s", bad_text)
     logger.info("finished: ran %d units, skipped %d; outputs in %s", len(runner.ran), len(runner.skipped), out)
     if not quiet:
         print(report_text)
+        if bad_text:
+            print(bad_text)
         print(f"Labels: {pipe.lab_dir}/{{{','.join(pipe.splits)}}}.km and {pipe.lab_dir}/dict.km.txt\n"
               f"Train HuBERT on them (one GPU; set distributed_world_size to your GPU count):\n  {command}")
     return {"out_dir": out, "ran": runner.ran, "skipped": runner.skipped, "splits": pipe.splits,
             "report": json.loads((out / "quality.json").read_text()), "report_text": report_text,
-            "train_command": command}
+            "train_command": command, "data_dir": pipe.data_dir, "bad_files": bad}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -503,7 +355,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="fraction of files in valid.tsv (default 0.01; 0.1 with --demo; 0: no valid split)")
     g.add_argument("--sample-rate", type=int, default=16000, help="required sample rate in Hz (default: %(default)s)")
     g.add_argument("--min-samples", type=int, default=0, help="leave out shorter files")
-    g.add_argument("--skip-bad", action="store_true", help="leave out unusable audio files instead of failing")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="leave out unusable audio files instead of failing (listed in bad_files.tsv and "
+                        "feat/*.skipped.tsv); the labels then follow OUT_DIR/kept_manifest/{split}.tsv")
     g = p.add_argument_group("features")
     g.add_argument("--feature", choices=sorted(LABEL_RATE), default="mfcc", help="feature type (default: %(default)s)")
     g.add_argument("--ckpt", default=None, help="HuBERT checkpoint (--feature hubert)")

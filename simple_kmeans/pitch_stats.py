@@ -1,4 +1,4 @@
-"""Usage: pitch_stats.py feat_dir split nshard [--spk-file LAB_DIR/{split}.spk]
+"""Usage: pitch_stats.py feat_dir split nshard [--spk-file LAB_DIR/{split}.spk] [--tsv-dir TSV_DIR]
 
 Merge the per-shard pitch statistics written by dump_pitch_feature.py
 ({split}_{rank}_{nshard}.pitch_stats.json for every rank) into {feat_dir}/{split}.pitch_stats.json:
@@ -10,6 +10,14 @@ over the natural log of F0 of voiced frames only (std is the population standard
 n counts voiced frames). The "speakers" section is written only with --spk-file, a file with one
 speaker name per manifest line in manifest order (speaker_labels.py writes it). A speaker without
 any voiced frame gets the global mean and std with n = 0 (and a warning).
+
+Shards dumped with --skip-bad hold only the files they kept (their {split}_{rank}_{nshard}.skipped.tsv
+reports list the others). The speaker file then has to say whose each kept utterance is, either
+  * one line per kept file: speaker_labels.py run on the kept-files manifest (merge_labels.py
+    --kept-manifest-dir, status --write-kept-manifest), or
+  * one line per line of the manifest the shards were dumped from, given with --tsv-dir: the lines
+    of the skipped files are dropped (the reports are checked against that manifest).
+Any other line count is an error: a speaker is never assigned to another speaker's utterance.
 
 Partial statistics are exact per-utterance moments merged with the parallel-variance formula,
 so the result does not depend on the number of shards.
@@ -23,11 +31,12 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from simple_kmeans.common import PipelineError, atomic_output, feat_paths, read_lengths, run_cli
+from simple_kmeans.common import (PipelineError, atomic_output, feat_paths, kept_entries, manifest_path,
+                                  read_lengths, read_manifest, read_skipped, run_cli, skipped_path)
 from simple_kmeans.dump_pitch_feature import stats_path
 from simple_kmeans.speaker_labels import read_spk_file
 
@@ -80,7 +89,43 @@ def read_partial(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int
     return partial
 
 
-def merge_stats(feat_dir: str, split: str, nshard: int, spk_file: Optional[str] = None) -> dict:
+def shard_speakers(spk_file: os.PathLike | str, feat_dir: str, split: str, nshard: int, n_utts: int,
+                   tsv_dir: Optional[str] = None) -> List[str]:
+    """Speaker of each utterance the pitch shards hold, in shard order (see the module docstring).
+
+    Args:
+        spk_file: one speaker per line of the kept-files manifest, or (with ``tsv_dir``) per line
+            of the manifest the shards were dumped from.
+        n_utts: utterances in the shards (their ``.len`` lines).
+        tsv_dir: folder with the ``{split}.tsv`` the shards were dumped from.
+    """
+    speakers = read_spk_file(spk_file)
+    n_skipped = sum(len(read_skipped(skipped_path(feat_dir, split, r, nshard))) for r in range(nshard))
+    if len(speakers) == n_utts:
+        if n_skipped:
+            logger.info("%s has one line per kept file (%d files were skipped): taken as made from the kept-files "
+                        "manifest", spk_file, n_skipped)
+        return speakers
+    if tsv_dir is not None:
+        manifest = read_manifest(manifest_path(tsv_dir, split))
+        if len(speakers) == len(manifest):
+            kept = {e.line for r in range(nshard) for e in kept_entries(manifest, nshard, r, feat_dir, split)}
+            if len(kept) != n_utts:
+                raise PipelineError(f"the pitch shards of {split} in {feat_dir} hold {n_utts} utterances but "
+                                    f"{manifest.path} minus their skipped files has {len(kept)}: the shards were "
+                                    f"dumped from another manifest; redo them")
+            logger.info("dropping the %d skipped file(s) from the %d lines of %s", len(manifest) - len(kept),
+                        len(speakers), spk_file)
+            return [spk for e, spk in zip(manifest.entries, speakers) if e.line in kept]
+    skipped = f" ({n_skipped} skipped by --skip-bad)" if n_skipped else ""
+    raise PipelineError(
+        f"{spk_file} has {len(speakers)} lines but the pitch shards of {split} hold {n_utts} utterances{skipped}: "
+        f"the speaker file must list one speaker per manifest line: of the kept-files manifest (one per kept "
+        f"file), or of the manifest the shards were dumped from, given with --tsv-dir")
+
+
+def merge_stats(feat_dir: str, split: str, nshard: int, spk_file: Optional[str] = None,
+                tsv_dir: Optional[str] = None) -> dict:
     """Merged statistics (the output file's content) of all ``nshard`` shards."""
     if nshard < 1:
         raise PipelineError(f"nshard must be >= 1, got {nshard}")
@@ -100,12 +145,7 @@ def merge_stats(feat_dir: str, split: str, nshard: int, spk_file: Optional[str] 
         )
     out: dict = {"global": overall}
     if spk_file is not None:
-        speakers = read_spk_file(spk_file)
-        if len(speakers) != len(moments):
-            raise PipelineError(
-                f"{spk_file} has {len(speakers)} lines but the pitch shards of {split} hold "
-                f"{len(moments)} utterances: the speaker file must list one speaker per manifest line"
-            )
+        speakers = shard_speakers(spk_file, feat_dir, split, nshard, len(moments), tsv_dir)
         out["speakers"] = speaker_stats(moments, speakers, overall)
     return out
 
@@ -123,9 +163,10 @@ def speaker_stats(moments: np.ndarray, speakers: Sequence[str], overall: Dict[st
     return out
 
 
-def main(feat_dir: str, split: str, nshard: int, spk_file: Optional[str] = None) -> Path:
+def main(feat_dir: str, split: str, nshard: int, spk_file: Optional[str] = None,
+         tsv_dir: Optional[str] = None) -> Path:
     """Write ``{feat_dir}/{split}.pitch_stats.json``; returns its path."""
-    stats = merge_stats(feat_dir, split, nshard, spk_file)
+    stats = merge_stats(feat_dir, split, nshard, spk_file, tsv_dir)
     path = output_path(feat_dir, split)
     with atomic_output(path) as f:
         json.dump(stats, f, indent=1, sort_keys=False)
@@ -145,6 +186,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spk-file", default=None,
                         help="one speaker name per manifest line ({split}.spk of speaker_labels.py): "
                              "adds per-speaker statistics")
+    parser.add_argument("--tsv-dir", default=None,
+                        help="folder with the {split}.tsv the shards were dumped from: lets --spk-file follow it "
+                             "line for line (the lines of files --skip-bad left out are dropped)")
     return parser
 
 

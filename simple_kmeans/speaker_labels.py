@@ -21,6 +21,11 @@ Where the speaker comes from (utterance id = file basename without extension):
 For validation/test splits pass --dict with the training split's dict.spk.txt (or its folder):
 every speaker must be in it (closed-set speaker labels); the dictionary is copied into lab_dir
 when lab_dir has none. Speaker names cannot contain white space.
+
+Features dumped with --skip-bad: run this on the kept-files manifest (fairseq-ext-merge-labels
+--kept-manifest-dir DIR, or fairseq-ext-status features ... --write-kept-manifest DIR), the
+manifest training reads, so that {split}.spk lines up with it and with the merged labels line for
+line. (pitch_stats.py also accepts a .spk made from the original manifest, with --tsv-dir.)
 """
 
 from __future__ import annotations

@@ -116,7 +116,10 @@ def feature_shard(manifest: Optional[Manifest], feat_dir: os.PathLike | str, spl
     if manifest is not None:
         if _mtime(manifest.path) > _mtime(lenp):
             return st.mark("stale", f"{manifest.path} is newer than {lenp.name}; rerun the shard")
-        expected = len(kept_entries(manifest, nshard, rank, feat_dir, split))
+        try:
+            expected = len(kept_entries(manifest, nshard, rank, feat_dir, split))
+        except PipelineError as e:
+            return st.mark("stale", f"{e}")
         if len(lengths) != expected:
             return st.mark("stale", f"{len(lengths)} utterances but this shard of {manifest.path.name} has "
                                     f"{expected}: made from another manifest; rerun the shard")
@@ -213,7 +216,7 @@ def _check_stamp(st: ShardStatus, stamps: Dict[str, dict], outputs: Sequence[Pat
 
 def pipeline_status(out_dir: str, nshard: Optional[int] = None) -> List[ShardStatus]:
     """States of every unit of a ``fairseq-ext-labels`` output folder (features, kmeans, labels, merge)."""
-    from simple_kmeans.pipeline import digest
+    from simple_kmeans.runner import digest
 
     out = Path(out_dir)
     stamps = _read_stamps(out / ".stamps")

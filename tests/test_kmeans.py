@@ -220,3 +220,34 @@ def test_bad_inputs(blobs, tmp_path):
         learn_kmeans.main(str(d), "train", 1, str(tmp_path / "km"), 4, percent=1.5)
     with pytest.raises(PipelineError, match="--init"):
         learn_kmeans.main(str(d), "train", 1, str(tmp_path / "km"), 4, backend="faiss", init="bogus")
+
+
+def test_stream_visits_every_frame_and_finds_blobs(blobs, tmp_path):
+    """--stream: mini-batches cover each sampled frame once per pass; a fairseq-readable model."""
+    from benchmarks.reference import fairseq_example
+    from simple_kmeans.kmeans_stream import batches, pieces
+
+    feat_dir, _, feats, ids = blobs
+    x, y = np.concatenate(feats), np.concatenate(ids)
+    shards = learn_kmeans.open_shards(str(feat_dir), "train", 2, -1, np.random.RandomState(0))
+    table = pieces(shards, 7)
+    got = np.concatenate([b.copy() for b in batches(shards, table, 50, np.random.default_rng(0))])
+    assert table[:, 2].max() == 7 and len(got) == len(x)
+    np.testing.assert_array_equal(np.unique(got, axis=0), np.unique(x, axis=0))  # each frame once
+
+    kw = dict(backend="sklearn", stream=True, batch_size=64, seed_sample=200, stream_passes=2)
+    s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "a.km"), N_BLOBS, **kw)
+    assert s.n_frames == len(x) and s.backend == "sklearn-stream"
+    assert 0 < s.inertia_per_frame < 0.5 ** 2 * DIM * 1.2
+    labels = fairseq_example("simple_kmeans/dump_km_label.py").ApplyKmeans(str(tmp_path / "a.km"))(x)
+    pairs = set(zip(y.tolist(), labels.tolist()))
+    assert len(pairs) == N_BLOBS and len({p[1] for p in pairs}) == N_BLOBS
+    assert np.array_equal(joblib.load(tmp_path / "a.km").predict(x), labels)
+    learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "b.km"), N_BLOBS, **kw)
+    np.testing.assert_array_equal(joblib.load(tmp_path / "a.km").cluster_centers_,
+                                  joblib.load(tmp_path / "b.km").cluster_centers_)
+    s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "c.km"), N_BLOBS, percent=0.2, **kw)
+    assert s.n_frames == learn_kmeans.load_sample(str(feat_dir), "train", 2, 0.2, np.random.RandomState(0),
+                                                  None, 0).shape[0]
+    with pytest.raises(PipelineError, match="--stream is mini-batch k-means"):
+        learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "d.km"), N_BLOBS, backend="faiss", stream=True)

@@ -6,7 +6,7 @@ computed on the fly from the input chunk on the model's device:
 * :class:`RegressorWorker` predicts a per-frame target ``(B, N, D)`` (LPS, MFCC, ...). Targets
   are z-normalised with statistics from ``scripts/pase_stats.py`` (kept in the worker's buffers
   and so in every checkpoint) or, without a statistics file, with running statistics over the
-  first training batches. ``context > 0`` stacks ``2 * context + 1`` neighbouring target frames
+  first training batches (of all ranks together under torch.distributed). ``context > 0`` stacks ``2 * context + 1`` neighbouring target frames
   per output frame (PASE+ uses 3, i.e. 7 frames).
 * :class:`ClassifierWorker` decides whether two embeddings come from the same utterance
   (LIM, GIM), with BCE on logits.
@@ -188,19 +188,31 @@ class RegressorWorker(PaseWorker):
 
     @torch.no_grad()
     def _update_running_stats(self, target: torch.Tensor, mask: torch.Tensor) -> None:
-        x = target[mask].double()  # (M, D)
-        m = x.size(0)
+        """Merge the valid frames of ``target`` ``(B, N, D)`` (``mask`` ``(B, N)``) into the running statistics.
+
+        Under ``torch.distributed`` (initialised, world size > 1) the frame count and the sums are
+        all-reduced first, so every rank merges the frames of all ranks and the statistics stay
+        identical on every rank (fairseq's DDP does not synchronise buffers). Every rank must then
+        call this for the same batches, which holds: the update runs for the first
+        ``running_stats_batches`` training batches of every rank.
+        """
+        mean_a = self.target_mean.double()
+        x = target[mask].double() - mean_a  # (M, D), centred on the current mean for precision
+        sums = torch.cat([x.new_full((1,), float(x.size(0))), x.sum(0), (x * x).sum(0)])  # (1 + 2D,)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(sums)
+        m = int(round(float(sums[0])))
         if m == 0:
             return
+        d = x.size(1)
+        shift = sums[1:1 + d] / m  # batch mean minus mean_a
+        var_b = (sums[1 + d:] / m - shift ** 2).clamp(min=0.0)
         n = int(self.stats_frames)
-        mean_b = x.mean(0)
-        var_b = x.var(0, unbiased=False)
-        mean_a = self.target_mean.double()
-        var_a = self.target_std.double() ** 2 if n > 0 else torch.zeros_like(mean_b)
+        var_a = self.target_std.double() ** 2 if n > 0 else torch.zeros_like(var_b)
         tot = n + m
-        delta = mean_b - mean_a
-        mean = mean_a + delta * (m / tot)
-        var = (var_a * n + var_b * m + delta ** 2 * (n * m / tot)) / tot
+        mean = mean_a + shift * (m / tot)
+        var = (var_a * n + var_b * m + shift ** 2 * (n * m / tot)) / tot
         self.target_mean.copy_(mean.to(self.target_mean))
         self.target_std.copy_(var.sqrt().clamp(min=1e-5).to(self.target_std))
         self.stats_frames.fill_(tot)

@@ -1,0 +1,213 @@
+"""Units of work with stamps: what ``fairseq-ext-labels`` runs, skips on reruns, and runs in parallel.
+
+A unit is a ``"module:function"`` call with keyword arguments and its output files. After its
+outputs are in place, :class:`Runner` writes a stamp ``OUT/.stamps/<unit>.json`` holding a hash
+of the call and its inputs; a unit whose stamp matches and whose outputs exist is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from simple_kmeans.common import PipelineError, atomic_output, setup_logging
+
+logger = logging.getLogger("pipeline")
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def digest(obj) -> str:
+    """Stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def file_digest(path: os.PathLike | str) -> str:
+    """Content hash of a (small) file such as a manifest or a phone reference."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def file_fingerprint(path: os.PathLike | str) -> List:
+    """Path, size and modification time of a large input (a checkpoint), without reading it."""
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+@dataclass
+class Unit:
+    """One unit of work: ``func`` (``"module:function"``) called with ``kwargs``, producing ``outputs``."""
+
+    name: str
+    func: str
+    kwargs: Dict[str, object]
+    outputs: List[Path]
+    inputs: Dict[str, object] = field(default_factory=dict)  # what the signature covers
+
+    @property
+    def signature(self) -> str:
+        """Hash of what the unit does and reads (absolute paths: a moved folder is redone)."""
+        return digest({"func": self.func, "kwargs": self.kwargs, "inputs": self.inputs})
+
+
+def call(func: str, kwargs: Dict[str, object]):
+    """Import ``module:function`` lazily and call it (also the entry point of worker processes)."""
+    module, name = func.split(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def _quiet_loggers() -> None:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Could not load AVX512 ..." noise
+
+
+def _init_worker() -> None:
+    setup_logging()
+    _quiet_loggers()
+
+
+@contextlib.contextmanager
+def _environ(values: Dict[str, str]):
+    """Temporarily set environment variables that are not already set (the user's settings win)."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Refuse to run two pipelines on the same output folder at once."""
+    import fcntl
+
+    with open(out / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"another fairseq-ext-labels is running in {out}; wait for it to finish") from None
+        yield
+
+
+class Runner:
+    """Runs units, skipping those whose stamp matches (see the module docstring).
+
+    Parallel units go to a pool of ``jobs`` spawned worker processes, started on first use
+    (each with ``cores // jobs`` BLAS/OpenMP threads) and kept until :meth:`close`.
+    """
+
+    def __init__(self, out_dir: Path, jobs: int = 1, force: bool = False):
+        self.stamp_dir = out_dir / ".stamps"
+        self.jobs = max(1, jobs)
+        self.force = force
+        self.ran: List[str] = []
+        self.skipped: List[str] = []
+        self._pool = None
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(terminate=exc_type is not None)
+
+    def close(self, terminate: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=terminate)
+            self._pool = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:  # spawn: fork is unsafe after OpenMP/torch use in this process
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker)
+        return self._pool
+
+    def stamp_path(self, unit: Unit) -> Path:
+        return self.stamp_dir / (unit.name.replace("/", "__") + ".json")
+
+    def is_done(self, unit: Unit) -> bool:
+        path = self.stamp_path(unit)
+        if not path.is_file() or not all(Path(p).exists() for p in unit.outputs):
+            return False
+        try:
+            return json.loads(path.read_text()).get("signature") == unit.signature
+        except (OSError, ValueError):
+            return False
+
+    def _finish(self, unit: Unit, seconds: float) -> None:
+        with atomic_output(self.stamp_path(unit)) as f:
+            json.dump({"signature": unit.signature, "outputs": [str(p) for p in unit.outputs],
+                       "seconds": round(seconds, 3), "inputs": unit.inputs, "kwargs": unit.kwargs},
+                      f, indent=1, default=str)
+        self.ran.append(unit.name)
+        logger.info("done %s (%.1f s)", unit.name, seconds)
+
+    def run(self, units: Sequence[Unit], parallel: bool = False) -> None:
+        """Run the units that are not done; with ``parallel``, in the worker pool.
+
+        ``parallel`` is ignored (units run in this process) for one unit or ``jobs=1``.
+        """
+        todo, done = [], []
+        for unit in units:
+            (done if not self.force and self.is_done(unit) else todo).append(unit)
+        self.skipped += [u.name for u in done]
+        step = units[0].name.split("/")[0] if units else ""
+        if len(units) > 1 and len(done) == len(units):
+            logger.info("skipping %s: all %d units already done", step, len(units))
+        else:
+            for unit in done:
+                logger.info("skipping %s: already done", unit.name)
+        self.stamp_dir.mkdir(parents=True, exist_ok=True)
+        for unit in todo:  # a redo must not leave a stamp that matches half-new outputs
+            with contextlib.suppress(FileNotFoundError):
+                self.stamp_path(unit).unlink()
+        if not (parallel and self.jobs > 1 and len(todo) > 1):
+            for unit in todo:
+                logger.info("running %s", unit.name)
+                start = time.perf_counter()
+                call(unit.func, unit.kwargs)
+                self._finish(unit, time.perf_counter() - start)
+            return
+        logger.info("running %s in %d processes: %s", step, self.jobs, ", ".join(u.name for u in todo))
+        start = time.perf_counter()
+        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        with _environ({k: threads for k in THREAD_VARS}):  # inherited by workers started by submit()
+            futures = {self.pool().submit(call, u.func, u.kwargs): u for u in todo}
+        errors = []
+        for fut in as_completed(futures):  # finished units get their stamps even if another one fails
+            unit = futures[fut]
+            try:
+                fut.result()
+            except BrokenProcessPool:
+                errors.append((unit, PipelineError(
+                    f"a worker process died while running {unit.name} (out of memory?); "
+                    f"rerun with fewer --jobs")))
+            except Exception as e:
+                errors.append((unit, e))
+            else:
+                self._finish(unit, time.perf_counter() - start)
+        for unit, e in errors:
+            logger.error("%s failed: %s", unit.name, e)
+        if errors:
+            unit, e = errors[0]
+            if isinstance(e, PipelineError):
+                raise PipelineError(f"{len(errors)} unit(s) failed; first: {unit.name}: {e}")
+            raise e
