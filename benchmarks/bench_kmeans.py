@@ -1,6 +1,6 @@
 """Usage: python -m benchmarks.bench_kmeans [--quick] [--cases mfcc,hubert] [--threads N]
            [--niter N] [--seed-sample N] [--max-points-per-centroid N] [--workdir DIR]
-           [--skip-fairseq]
+           [--skip-fairseq] [--ours-backend faiss|torch|faiss,torch] [--device auto|cpu|cuda]
 
 k-means side by side in one run: fairseq's learn_kmeans settings (its own ``get_km_model``:
 sklearn MiniBatchKMeans, n_init 20, max_iter 100, batch 10000) against our
@@ -17,6 +17,8 @@ Each method runs in its own subprocess (clean peak memory). Reported: fit time (
 function for both) and peak RSS. Target: time ratio <= 0.5 and inertia at most 0.5% worse.
 --quick: 200k MFCC frames (K=100) and 50k HuBERT frames with K=100 (fairseq's 20 k-means++ inits
 on 30k frames dominate its time at any size: with K=500 they alone take many minutes on 2 cores).
+--ours-backend torch times ``--backend torch`` (on --device, CUDA when available) instead of faiss;
+``faiss,torch`` runs both side by side and also prints torch/faiss ratios.
 """
 
 from __future__ import annotations
@@ -136,20 +138,24 @@ def worker_fairseq(feat_dir: str, k: int, seed: int) -> dict:
     return {"fit_s": fit_s, "total_s": None, "inertia": inertia(feat, km.cluster_centers_) / len(feat)}
 
 
-def worker_ours(feat_dir: str, k: int, seed: int, niter: int, seed_sample: int, mppc: int, threads) -> dict:
+def worker_ours(feat_dir: str, k: int, seed: int, niter: int, seed_sample: int, mppc: int, threads,
+                backend: str = "faiss", device: str = "auto") -> dict:
     from simple_kmeans import learn_kmeans
 
+    extra = {"device": device} if backend == "torch" else {"max_points_per_centroid": mppc}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         s = learn_kmeans.main(feat_dir, "train", 1, os.path.join(tmp, "km.bin"), k, seed=seed,
-                              backend="faiss", niter=niter, seed_sample=seed_sample,
-                              max_points_per_centroid=mppc, threads=threads)
+                              backend=backend, niter=niter, seed_sample=seed_sample, threads=threads, **extra)
         total = time.perf_counter() - start
     return {"fit_s": s.fit_seconds, "total_s": total, "inertia": s.inertia_per_frame}
 
 
 def run_worker(method: str, feat_dir: Path, k: int, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_kmeans", "--worker", method, "--feat-dir", str(feat_dir),
+    """``method``: fairseq, or one of our backends."""
+    worker = "fairseq" if method == "fairseq" else "ours"
+    cmd = [sys.executable, "-m", "benchmarks.bench_kmeans", "--worker", worker, "--feat-dir", str(feat_dir),
+           "--ours-backend", method if worker == "ours" else "faiss", "--device", args.device,
            "--k", str(k), "--seed", str(args.seed), "--niter", str(args.niter),
            "--seed-sample", str(args.seed_sample), "--max-points-per-centroid", str(args.max_points_per_centroid)]
     env = dict(os.environ)
@@ -172,6 +178,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-points-per-centroid", type=int, default=None, help="faiss subsampling (default: ours)")
     p.add_argument("--workdir", default=None, help="keep/reuse generated shards here")
     p.add_argument("--skip-fairseq", action="store_true", help="only run ours (tuning)")
+    p.add_argument("--ours-backend", default="faiss",
+                   help="our learn_kmeans backend(s) to time: faiss (default), torch, or faiss,torch")
+    p.add_argument("--device", default="auto", help="--backend torch: auto, cpu, cuda")
     p.add_argument("--worker", choices=("fairseq", "ours"), help=argparse.SUPPRESS)
     p.add_argument("--feat-dir", help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -191,7 +200,7 @@ def main(argv=None) -> None:
             res = worker_fairseq(args.feat_dir, args.k, args.seed)
         else:
             res = worker_ours(args.feat_dir, args.k, args.seed, args.niter, args.seed_sample,
-                              args.max_points_per_centroid, args.threads)
+                              args.max_points_per_centroid, args.threads, args.ours_backend, args.device)
         res["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
@@ -213,18 +222,21 @@ def main(argv=None) -> None:
         n, k = (quick, quick_k) if args.quick else (full, k)
         feat_dir = write_case(workdir, case, n, args.seed)
         res = {}
-        for method in ("ours",) if args.skip_fairseq else ("fairseq", "ours"):
+        ours = args.ours_backend.split(",")
+        for method in ours if args.skip_fairseq else ["fairseq", *ours]:
             r = res[method] = run_worker(method, feat_dir, k, args)
             total = f"{r['total_s']:8.1f}" if r["total_s"] is not None else f"{'-':>8}"
             print(f"{case:8} {f'{n} x {dim}':>14} {k:4d} {method:8} {r['fit_s']:8.1f} {total} "
                   f"{r['inertia']:12.4f} {r['peak_mib']:9.0f}", flush=True)
-        if "fairseq" in res:
-            t = res["ours"]["fit_s"] / res["fairseq"]["fit_s"]
-            d = res["ours"]["inertia"] / res["fairseq"]["inertia"] - 1
+        pairs = [(m, "fairseq") for m in ours if "fairseq" in res]
+        pairs += [("torch", "faiss")] if {"torch", "faiss"} <= set(res) else []
+        for a, b in pairs:
+            t = res[a]["fit_s"] / res[b]["fit_s"]
+            d = res[a]["inertia"] / res[b]["inertia"] - 1
             ok = "OK" if t <= 0.5 and d <= 0.005 else "MISSED"
-            e2e = res["ours"]["total_s"] / res["fairseq"]["fit_s"]
-            summary.append(f"{case}: time ours/fairseq = {t:.2f} (our end-to-end: {e2e:.2f}), "
-                           f"inertia ours vs fairseq = {100 * d:+.2f}%  [{ok}: <= 0.5x, <= +0.5%]")
+            e2e = f" (end-to-end: {res[a]['total_s'] / res[b]['fit_s']:.2f})" if b == "fairseq" else ""
+            summary.append(f"{case}: time {a}/{b} = {t:.2f}{e2e}, inertia {a} vs {b} = {100 * d:+.2f}%"
+                           + (f"  [{ok}: <= 0.5x, <= +0.5%]" if b == "fairseq" else ""))
     for line in summary:
         print(line)
     if tmp is not None:

@@ -1,9 +1,9 @@
 """Usage: python simple_kmeans/learn_kmeans.py FEAT_DIR SPLIT NSHARD KM_PATH N_CLUSTERS
-           [--seed 0] [--percent -1] [--backend sklearn|faiss] [--max-memory GB] [--threads N]
+           [--seed 0] [--percent -1] [--backend sklearn|faiss|torch] [--max-memory GB] [--threads N]
            [--init k-means++] [--max_iter 100] [--batch_size 10000] [--tol 0.0]
            [--max_no_improvement 100] [--n_init 20] [--reassignment_ratio 0.0]
            [--niter 30] [--seed-sample 30000] [--max-points-per-centroid 2048]
-           [--stream [--stream-passes 1]]
+           [--stream [--stream-passes 1]] [--device auto|cpu|cuda] [--chunk-size N]
 
 Learn k-means centroids on dumped features (all shards ``{split}_{rank}_{NSHARD}.npy/.len`` of
 FEAT_DIR) and save the model to KM_PATH with joblib, like fairseq's
@@ -14,11 +14,20 @@ Backends:
   faiss    k-means++ seeding on --seed-sample frames, then --niter faiss Lloyd iterations on the
            sampled frames (at most K x --max-points-per-centroid of them): several times faster,
            at the same or lower inertia (benchmarks/bench_kmeans.py).
+  torch    the faiss backend's k-means++ seeding, then --niter Lloyd iterations in torch over all
+           sampled frames, on CUDA when available (--device auto, the default), else on the CPU
+           (--device cpu|cuda|cuda:N to choose). Distances are computed --chunk-size frames at a time,
+           so the device holds only the centroids and one chunk besides the data; on a GPU the data
+           stay there when they fit in half its free memory.
   sklearn --stream
            for data larger than memory: nothing is loaded; MiniBatchKMeans.partial_fit streams
            over every sampled frame in mini-batches of --batch_size frames read from the shards
            (--stream-passes passes), from k-means++ centroids of --seed-sample frames. Memory
            stays flat as the data grows (benchmarks/bench_kmeans_memory.py).
+  torch --stream
+           full-batch Lloyd iterations over every sampled frame, read from the memory-mapped shards
+           chunk by chunk at each iteration: host and device hold the centroids and one chunk
+           (plus --seed-sample frames for the seeding), whatever the data size.
 Either way KM_PATH holds a fitted scikit-learn estimator: fairseq's dump_km_label.py, our
 dump_km_label.py and ``model.predict`` all read it.
 
@@ -102,16 +111,22 @@ _FAISS_ONLY = {"niter": backends.FAISS_NITER, "seed_sample": backends.FAISS_SEED
                "max_points_per_centroid": backends.FAISS_MAX_POINTS_PER_CENTROID}
 
 
+_TORCH_ONLY = {"device": "auto", "chunk_size": None}
+
+
 _STREAM_UNUSED = {k: v for k, v in {**_SKLEARN_ONLY, **_FAISS_ONLY}.items()
                   if k not in ("batch_size", "reassignment_ratio", "seed_sample")}
 
 
 def _warn_unused_options(backend: str, kwargs: dict) -> None:
-    if kwargs["stream"]:
-        other, what = {**_STREAM_UNUSED, "max_memory": None, "init": "k-means++"}, "--stream"
+    what = f"--backend {backend}" + (" --stream" if kwargs["stream"] else "")
+    if backend == "torch":
+        other = {**_SKLEARN_ONLY, "max_points_per_centroid": backends.FAISS_MAX_POINTS_PER_CENTROID,
+                 "stream_passes": 1, **({"max_memory": None} if kwargs["stream"] else {})}
+    elif kwargs["stream"]:
+        other = {**_STREAM_UNUSED, "max_memory": None, "init": "k-means++", **_TORCH_ONLY}
     else:
-        other, what = (_FAISS_ONLY if backend == "sklearn" else _SKLEARN_ONLY), f"--backend {backend}"
-        other = {**other, "stream_passes": 1}
+        other = {**(_FAISS_ONLY if backend == "sklearn" else _SKLEARN_ONLY), "stream_passes": 1, **_TORCH_ONLY}
     changed = [k for k, default in other.items() if kwargs[k] != default]
     if changed:
         logger.warning("options %s have no effect with %s", ", ".join(changed), what)
@@ -134,17 +149,32 @@ def _fit_streaming(feat_dir: str, split: str, nshard: int, km_path: str, n_clust
                          total / frames, info.seconds, peak_rss_mb())
 
 
+def _fit_torch_streaming(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, seed: int,
+                         percent: float, **torch_options) -> KmeansSummary:
+    """``--backend torch --stream``: Lloyd iterations reading every sampled frame from the shards each time."""
+    from simple_kmeans.kmeans_torch import fit_torch_stream
+
+    shards = open_shards(feat_dir, split, nshard, percent, np.random.RandomState(seed))
+    model, info = fit_torch_stream(shards, n_clusters, seed=seed, **torch_options)
+    backends.save_model(model, km_path)
+    return KmeansSummary(str(km_path), "torch-stream", info.n_frames, shards[0].feats.shape[1], n_clusters,
+                         info.inertia / info.n_frames, info.seconds, peak_rss_mb())
+
+
 def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, seed: int = 0,
          percent: float = -1.0, init: str = "k-means++", max_iter: int = 100, batch_size: int = 10000,
          tol: float = 0.0, max_no_improvement: int = 100, n_init: int = 20,
          reassignment_ratio: float = 0.0, backend: str = "sklearn", max_memory: Optional[float] = None,
          niter: int = backends.FAISS_NITER, seed_sample: int = backends.FAISS_SEED_SAMPLE,
          max_points_per_centroid: int = backends.FAISS_MAX_POINTS_PER_CENTROID,
-         threads: Optional[int] = None, stream: bool = False, stream_passes: int = 1) -> KmeansSummary:
+         threads: Optional[int] = None, stream: bool = False, stream_passes: int = 1,
+         device: str = "auto", chunk_size: Optional[int] = None) -> KmeansSummary:
     """Train k-means on the sampled frames of all shards and save it to ``km_path`` (joblib).
 
-    With ``stream`` (sklearn backend), the frames are not loaded: mini-batch k-means streams over
-    them ``stream_passes`` times (:mod:`simple_kmeans.kmeans_stream`).
+    With ``stream``, the frames are not loaded: with the sklearn backend mini-batch k-means streams
+    over them ``stream_passes`` times (:mod:`simple_kmeans.kmeans_stream`); with the torch backend
+    each Lloyd iteration reads them chunk by chunk (:mod:`simple_kmeans.kmeans_torch`).
+    ``device`` and ``chunk_size`` are the torch backend's.
     """
     if backend not in backends.BACKENDS:
         raise PipelineError(f"unknown --backend {backend!r}; use one of {backends.BACKENDS}")
@@ -153,12 +183,23 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
     if init not in backends.INITS:
         raise PipelineError(f"--init {init!r} is not supported; use one of {backends.INITS}")
     _warn_unused_options(backend, locals())
-    if stream and backend != "sklearn":
-        raise PipelineError("--stream is mini-batch k-means: use it with --backend sklearn")
+    if stream and backend == "faiss":
+        raise PipelineError("--stream reads the frames from the shards batch by batch: use it with "
+                            "--backend sklearn (mini-batch k-means) or --backend torch (Lloyd)")
+    torch_options = dict(init=init, niter=niter, seed_sample=seed_sample, device=device, chunk_size=chunk_size,
+                         threads=threads)
+    if backend == "torch":
+        from simple_kmeans.kmeans_torch import resolve_device
+
+        resolve_device(device)  # a bad --device fails before any data is read
     check_writable_dir(Path(km_path).resolve().parent)
     if stream:
-        summary = _fit_streaming(feat_dir, split, nshard, km_path, n_clusters, seed, percent, batch_size,
-                                 stream_passes, seed_sample, reassignment_ratio, threads)
+        if backend == "torch":
+            summary = _fit_torch_streaming(feat_dir, split, nshard, km_path, n_clusters, seed, percent,
+                                           **torch_options)
+        else:
+            summary = _fit_streaming(feat_dir, split, nshard, km_path, n_clusters, seed, percent, batch_size,
+                                     stream_passes, seed_sample, reassignment_ratio, threads)
         logger.info("inertia per frame: %.5f", summary.inertia_per_frame)
         logger.info("peak memory: %.0f MiB", summary.peak_rss_mb)
         logger.info("saved %s; finished successfully", km_path)
@@ -176,14 +217,21 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
             feats, n_clusters, rng, threads=threads, init=init, max_iter=max_iter,
             batch_size=batch_size, tol=tol, max_no_improvement=max_no_improvement, n_init=n_init,
             reassignment_ratio=reassignment_ratio)
+    elif backend == "torch":
+        from simple_kmeans.kmeans_torch import fit_torch
+
+        model, info = fit_torch(feats, n_clusters, seed=seed, **torch_options)
     else:
         model, info = backends.fit_faiss(feats, n_clusters, seed=seed, init=init, niter=niter,
                                          seed_sample=seed_sample, threads=threads,
                                          max_points_per_centroid=max_points_per_centroid)
     logger.info("%s k-means (K=%d) fitted on %d frames in %.1f s", backend, n_clusters, len(feats), info.seconds)
     backends.save_model(model, km_path)
-    with backends.limit_threads(threads):
-        per_frame = backends.inertia(feats, model.cluster_centers_) / len(feats)
+    if backend == "torch":  # measured on the device by the last assignment pass (same formula)
+        per_frame = info.inertia / len(feats)
+    else:
+        with backends.limit_threads(threads):
+            per_frame = backends.inertia(feats, model.cluster_centers_) / len(feats)
     summary = KmeansSummary(str(km_path), backend, len(feats), feats.shape[1], n_clusters,
                             per_frame, info.seconds, peak_rss_mb())
     logger.info("inertia per frame: %.5f", per_frame)
@@ -203,7 +251,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--percent", default=-1.0, type=float,
                    help="fraction of utterances of each shard to sample; -1 for all (default)")
     p.add_argument("--backend", default="sklearn", choices=backends.BACKENDS,
-                   help="sklearn: fairseq's MiniBatchKMeans (default); faiss: k-means++ + faiss Lloyd, faster")
+                   help="sklearn: fairseq's MiniBatchKMeans (default); faiss: k-means++ + faiss Lloyd, faster; "
+                        "torch: k-means++ + torch Lloyd, on a GPU when there is one")
     p.add_argument("--max-memory", "--max_memory", dest="max_memory", type=float, default=None,
                    metavar="GB", help="memory bound for the training sample (default: half the machine's)")
     p.add_argument("--threads", type=int, default=None, help="BLAS/OpenMP threads (default: all cores)")
@@ -219,16 +268,24 @@ def get_parser() -> argparse.ArgumentParser:
                    default=0.0, type=float)
     g.add_argument("--stream", action="store_true",
                    help="do not load the frames: stream mini-batches of --batch_size frames over all sampled "
-                        "frames (memory independent of the data size; --seed-sample frames seed k-means++)")
+                        "frames (memory independent of the data size; --seed-sample frames seed k-means++); "
+                        "with --backend torch: each Lloyd iteration reads them --chunk-size frames at a time")
     g.add_argument("--stream-passes", "--stream_passes", dest="stream_passes", default=1, type=int,
                    help="--stream: passes over the data (default: 1)")
-    g = p.add_argument_group("faiss backend")
+    g = p.add_argument_group("faiss and torch backends")
     g.add_argument("--niter", default=backends.FAISS_NITER, type=int, help="Lloyd iterations")
     g.add_argument("--seed-sample", "--seed_sample", dest="seed_sample", default=backends.FAISS_SEED_SAMPLE,
-                   type=int, help="frames sampled for the k-means++ seeding (faiss and --stream)")
+                   type=int, help="frames sampled for the k-means++ seeding (faiss, torch, --stream)")
     g.add_argument("--max-points-per-centroid", "--max_points_per_centroid", dest="max_points_per_centroid",
                    default=backends.FAISS_MAX_POINTS_PER_CENTROID, type=int,
-                   help="Lloyd iterations use at most K x this many random frames")
+                   help="faiss: Lloyd iterations use at most K x this many random frames (torch uses all)")
+    g = p.add_argument_group("torch backend")
+    g.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU; default), cpu, cuda or cuda:N")
+    g.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", default=None, type=int,
+                   help="frames per distance computation: device memory ~ chunk x (dim + K) floats besides "
+                        f"the centroids (default: {backends.TORCH_CHUNK_CPU} on CPU, {backends.TORCH_CHUNK_CUDA} "
+                        f"on CUDA)")
     return p
 
 
