@@ -15,6 +15,8 @@ from fairseq_ext.criteria.hubert_summable import HubertSummableCriterion
 from fairseq_ext.models.dhubert import DHubertConfig, DHubertModel
 from fairseq_ext.modules.grl import GradientReversal, grl_lambda, reverse_grad
 from fairseq_ext.modules.pooling import AttentivePooling, MeanPooling
+from fairseq_ext.modules.running_standardize import RunningStandardize
+from fairseq_ext.modules.speaker_memory import SpeakerMemory
 from test_dhubert_data import make_task, position_corpus
 
 TINY = dict(label_rate=100.0, max_update=100, encoder_layers=3, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
@@ -75,7 +77,7 @@ def test_heads_read_their_layer_in_one_encoder_pass(task_and_batch):
     task, batch = task_and_batch
     model = build(task).eval()
     seen, calls = {}, []
-    model.spk_head.register_forward_hook(lambda m, a, o: seen.__setitem__("spk", a[0]))
+    model.spk_head.pool.register_forward_hook(lambda m, a, o: seen.__setitem__("spk", a[0]))
     model.pitch_head.register_forward_hook(lambda m, a, o: seen.__setitem__("pitch", a[0]))
     model.encoder.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("enc_in", (a, kw)), with_kwargs=True)
     for layer in model.encoder.layers:
@@ -101,7 +103,7 @@ def test_layerdrop_uses_state_after_dropped_layer(task_and_batch, monkeypatch, k
     draws = iter([0.9 if k else 0.1 for k in kept])  # np.random.random() > layerdrop keeps a layer
     monkeypatch.setattr(np.random, "random", lambda: next(draws))
     seen = {}
-    model.spk_head.register_forward_hook(lambda m, a, o: seen.__setitem__("spk", a[0]))
+    model.spk_head.pool.register_forward_hook(lambda m, a, o: seen.__setitem__("spk", a[0]))
     model.encoder.layers[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("in2", a[0]))
     model.encoder.register_forward_hook(lambda m, a, o: seen.__setitem__("out", o[0]))
     with torch.no_grad():
@@ -274,3 +276,85 @@ def test_criteria_are_summable_and_match_fairseq(task_and_batch, fixed_masks):
     assert set(results[0]) == set(results[1]) >= expected
     for k in results[0]:
         assert float(results[0][k]) == pytest.approx(float(results[1][k]), rel=1e-3, abs=1e-3), k
+
+
+def test_running_standardize_statistics_and_gradient():
+    torch.manual_seed(0)
+    norm = RunningStandardize(3, momentum=0.25)
+    data = torch.randn(4, 8, 3) * torch.tensor([0.01, 1.0, 10.0]) + torch.tensor([5.0, -2.0, 0.0])
+    for batch in data:  # the first 1/momentum = 4 batches are averaged cumulatively: exact statistics
+        norm(batch)
+    flat = data.reshape(-1, 3)
+    assert torch.allclose(norm.running_mean, flat.mean(0), atol=1e-5)
+    assert torch.allclose(norm.running_var, flat.var(0, unbiased=False), rtol=1e-4)
+    norm.eval()
+    before = norm.running_mean.clone()
+    x = flat[:5].clone().requires_grad_(True)
+    y = norm(x)
+    assert torch.equal(norm.running_mean, before)  # no update in eval mode
+    assert torch.allclose(norm(flat).mean(0), torch.zeros(3), atol=1e-3)
+    y.sum().backward()  # statistics are constants: d y / d x = 1 / std per channel
+    expected = torch.rsqrt(norm.running_var + norm.eps).expand(5, 3)
+    assert torch.allclose(x.grad, expected, rtol=1e-5)
+    assert x.grad[0, 0] > 50 * x.grad[0, 2]  # a shrunken channel gets a larger gradient
+    norm.train()
+    norm(torch.full((2, 3), 100.0))  # then an exponential moving average with weight 0.25
+    assert torch.allclose(norm.running_mean, 0.75 * flat.mean(0) + 25.0, atol=1e-4)
+    with pytest.raises(ValueError, match="momentum"):
+        RunningStandardize(3, momentum=0.0)
+
+
+def test_speaker_head_standardizes_in_training_only(task_and_batch, fixed_masks):
+    task, batch = task_and_batch
+    model = build(task, spk_standardize=True)
+    norm = model.spk_head.norm
+    assert isinstance(norm, RunningStandardize) and int(norm.num_batches) == 0
+    model(target_list=batch["target_list"], **batch["net_input"])
+    assert int(norm.num_batches) == 1 and norm.running_var.ne(1.0).all()
+    model.eval()
+    model(target_list=batch["target_list"], **batch["net_input"])
+    assert int(norm.num_batches) == 1
+    assert isinstance(build(task, spk_standardize=False).spk_head.norm, nn.Identity)
+
+
+def test_speaker_memory_is_a_fifo():
+    mem = SpeakerMemory(4, 2)
+    assert len(mem) == 0 and mem.get()[0].shape == (0, 2)
+    mem.push(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), torch.tensor([0, 1, 2]))
+    feats, labels = mem.get()
+    mem.push(torch.tensor([[3.0, 3.0], [4.0, 4.0]]), torch.tensor([3, 4]))  # overwrites the oldest (0)
+    assert labels.tolist() == [0, 1, 2]  # what get() returned is not changed by later pushes
+    feats, labels = mem.get()
+    assert len(mem) == 4 and sorted(labels.tolist()) == [1, 2, 3, 4]
+    assert torch.equal(feats[:, 0], labels.float())
+    mem.push(torch.arange(12.0).view(6, 2), torch.arange(6))  # more than the capacity: the last 4 stay
+    assert sorted(mem.get()[1].tolist()) == [2, 3, 4, 5]
+    assert "feats" not in mem.state_dict()  # not saved in checkpoints
+    with pytest.raises(ValueError, match="positive"):
+        SpeakerMemory(0, 2)
+
+
+def test_speaker_memory_trains_the_classifier_only(task_and_batch, fixed_masks):
+    """In training, the criterion stores the batch's embeddings; the next forward classifies them
+    again: their loss reaches the speaker MLP but not the encoder (or the pooling below it)."""
+    task, batch = task_and_batch
+    model = build(task, spk_memory_size=16, pitch_layer=0)
+    crit = DHubertCriterion(task, 1.0, 0.0, [10.0], spk_weight=1.0)
+    n_utts = batch["id"].numel()
+    out = model(target_list=batch["target_list"], **batch["net_input"])
+    assert "spk_memory_logits" not in out and len(model.spk_memory) == 0
+    crit(model, batch)  # one step: the memory now holds this batch's embeddings
+    assert len(model.spk_memory) == n_utts
+    assert torch.equal(model.spk_memory.get()[1], batch["spk_id"])
+    out = model(target_list=batch["target_list"], **batch["net_input"])
+    assert out["spk_memory_logits"].shape == (n_utts, len(task.speakers))
+    model.zero_grad()
+    nn.functional.cross_entropy(out["spk_memory_logits"], out["spk_memory_labels"]).backward()
+    assert model.spk_head.mlp[0].weight.grad.abs().sum() > 0
+    assert model.encoder.layers[0].fc1.weight.grad is None
+    loss, _, log = crit(model, batch)
+    assert log["loss_spk_memory"] > 0 and len(model.spk_memory) == min(16, 2 * n_utts)
+    model.eval()
+    out = model(target_list=batch["target_list"], **batch["net_input"])
+    crit(model, batch)
+    assert "spk_memory_logits" not in out and len(model.spk_memory) == min(16, 2 * n_utts)  # eval: untouched

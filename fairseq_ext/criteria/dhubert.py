@@ -2,6 +2,8 @@
 
     loss = HuBERT (sum over predicted frames, as fairseq)
          + sample_size * (spk_weight * mean_utt CE(speaker)
+                          + spk_weight * mean CE(speaker) of the adversary's memory of recent
+                            utterances (detached: it trains the classifier, not the encoder)
                           + pitch_weight * mean_voiced (log F0 error)^2
                           + vuv_weight * mean_frames BCE(voicing))
 
@@ -11,7 +13,7 @@ cross-entropy. The GRL sign and strength live in the model (``dhubert``); this c
 minimises the heads' losses.
 
 Logged (all logging outputs are sums; means derived in ``reduce_metrics``): HuBERT's metrics,
-``loss_spk``/``loss_pitch``/``loss_vuv`` (weighted contributions, bits per frame like ``loss``),
+``loss_spk``/``loss_spk_memory``/``loss_pitch``/``loss_vuv`` (weighted contributions, bits per frame like ``loss``),
 ``spk_ce`` (nats), ``spk_acc``, ``pitch_rmse`` (target units: normalised log F0, natural-log
 units when ``task.pitch_norm=none``), ``vuv_bce``, ``vuv_acc``, ``grl_lambda``.
 """
@@ -65,6 +67,11 @@ class DHubertCriterion(HubertSummableCriterion):
             log["spk_ce"] = ce_sum.detach()
             log["spk_correct"] = (logits.argmax(-1) == sample["spk_id"]).sum().detach()
             log["spk_count"] = nsent
+            if "spk_memory_logits" in net_output:  # replayed, detached embeddings: trains the classifier only
+                mem_ce = F.cross_entropy(net_output["spk_memory_logits"].float(), net_output["spk_memory_labels"])
+                loss = loss + self.spk_weight * mem_ce * scale
+                log["loss_spk_memory"] = (self.spk_weight * mem_ce * scale).detach()
+            model.remember_speakers(net_output, sample["spk_id"])
 
         if "pitch_pred" in net_output:
             if "pitch" not in sample:

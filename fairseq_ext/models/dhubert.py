@@ -28,6 +28,8 @@ from torch import nn
 
 from fairseq_ext.modules.grl import GRL_SCHEDULES, GradientReversal, grl_lambda
 from fairseq_ext.modules.pooling import POOLING_CHOICES, build_pooling
+from fairseq_ext.modules.running_standardize import RunningStandardize
+from fairseq_ext.modules.speaker_memory import SpeakerMemory
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,14 @@ class DHubertConfig(HubertConfig):
         default="unmasked", metadata={"help": "frames the speaker adversary pools over: unmasked = the valid frames "
                                               "that were not replaced by the mask embedding (they carry the "
                                               "input's speaker cues), all = every valid frame"})
+    spk_standardize: bool = field(
+        default=True, metadata={"help": "standardise the pooled vector per channel with running statistics "
+                                        "before the speaker classifier, so that the encoder cannot hide "
+                                        "speaker cues from the adversary by shrinking their scale"})
+    spk_memory_size: int = field(
+        default=256, metadata={"help": "the speaker classifier also trains, at every update, on the detached "
+                                       "embeddings of the last N training utterances (the encoder gets no "
+                                       "gradient from them); 0 = only the current batch"})
     spk_hidden_dim: int = field(default=256, metadata={"help": "hidden size of the speaker classifier MLP"})
     head_dropout: float = field(default=0.1, metadata={"help": "dropout inside the speaker and pitch heads"})
     pitch_layer: int = field(
@@ -64,7 +74,8 @@ class DHubertConfig(HubertConfig):
 
 
 class SpeakerClassifier(nn.Module):
-    """Utterance-level classifier: masked pooling then a 1-hidden-layer MLP.
+    """Utterance-level classifier: masked pooling, optional running standardisation, then a
+    1-hidden-layer MLP.
 
     Args:
         in_dim: frame feature size C.
@@ -72,18 +83,29 @@ class SpeakerClassifier(nn.Module):
         hidden_dim: MLP hidden size.
         pooling: a name from ``fairseq_ext.modules.pooling.POOLING_CHOICES``.
         dropout: dropout before the output layer.
+        standardize: standardise pooled vectors with running per-channel statistics.
     """
 
     def __init__(self, in_dim: int, n_speakers: int, hidden_dim: int = 256, pooling: str = "mean",
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, standardize: bool = False) -> None:
         super().__init__()
         self.pool = build_pooling(pooling, in_dim, hidden_dim)
+        self.norm = RunningStandardize(self.pool.out_dim) if standardize else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(self.pool.out_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden_dim, n_speakers))
 
+    def embed(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns the pooled (and
+        standardised) utterance vectors (B, D) that the MLP classifies."""
+        return self.norm(self.pool(x, padding_mask))
+
+    def classify(self, v: torch.Tensor) -> torch.Tensor:
+        """v: (N, D) from :meth:`embed`. Returns logits (N, n_speakers)."""
+        return self.mlp(v)
+
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns logits (B, n_speakers)."""
-        return self.mlp(self.pool(x, padding_mask))
+        return self.classify(self.embed(x, padding_mask))
 
 
 class PitchHead(nn.Module):
@@ -158,7 +180,8 @@ class LayerTaps:
 @register_model("dhubert", dataclass=DHubertConfig)
 class DHubertModel(HubertModel):
     """HuBERT + speaker adversary + pitch head; outputs add ``spk_logits`` (B, n_speakers),
-    ``pitch_pred`` (B, T, 2) and ``grl_lambda`` to HuBERT's."""
+    ``spk_embedding`` (B, D), in training with a filled memory ``spk_memory_logits`` (N, n_speakers)
+    and ``spk_memory_labels`` (N,), ``pitch_pred`` (B, T, 2) and ``grl_lambda`` to HuBERT's."""
 
     def __init__(self, cfg: DHubertConfig, task_cfg, dictionaries: List[Dictionary], n_speakers: int = 0) -> None:
         super().__init__(cfg, task_cfg, dictionaries)
@@ -186,7 +209,10 @@ class DHubertModel(HubertModel):
                 raise ValueError("model.spk_layer > 0 needs speaker labels: use task dhubert_pretraining with "
                                  "task.load_speaker=true, or set model.spk_layer=0")
             self.spk_head = SpeakerClassifier(dim, n_speakers, cfg.spk_hidden_dim, str(cfg.spk_pooling),
-                                              cfg.head_dropout)
+                                              cfg.head_dropout, cfg.spk_standardize)
+        self.spk_memory: Optional[SpeakerMemory] = None
+        if self.spk_head is not None and cfg.spk_memory_size > 0:
+            self.spk_memory = SpeakerMemory(cfg.spk_memory_size, self.spk_head.pool.out_dim)
         self.pitch_head: Optional[PitchHead] = None
         self.feat2pitch_ratio = 0.0
         if self.pitch_layer > 0:
@@ -253,7 +279,13 @@ class DHubertModel(HubertModel):
         self.grl.lambda_ = self.current_lambda()
         if self.spk_head is not None:
             h = self.taps.state_after(self.spk_layer - 1)[:, :n_frames]
-            result["spk_logits"] = self.spk_head(self.grl(h), self.speaker_frames(frame_pad))
+            emb = self.spk_head.embed(self.grl(h), self.speaker_frames(frame_pad))  # (B, D)
+            result["spk_logits"] = self.spk_head.classify(emb)
+            result["spk_embedding"] = emb
+            if self.spk_memory is not None and self.training and len(self.spk_memory) > 0:
+                mem_feats, mem_labels = self.spk_memory.get()
+                result["spk_memory_logits"] = self.spk_head.classify(mem_feats)
+                result["spk_memory_labels"] = mem_labels
         if self.pitch_head is not None:
             h = self.taps.state_after(self.pitch_layer - 1)[:, :n_frames]
             result["pitch_pred"] = self.pitch_head(self.grl(h) if self.pitch_adversarial else h)
@@ -261,6 +293,12 @@ class DHubertModel(HubertModel):
         self._mask_indices = None
         result["grl_lambda"] = self.grl.lambda_
         return result
+
+    def remember_speakers(self, net_output: Dict[str, torch.Tensor], spk_id: torch.Tensor) -> None:
+        """Add this batch's detached speaker embeddings with their labels ``spk_id`` (B,) to the
+        classifier's memory (training only; called by the criterion, which has the labels)."""
+        if self.spk_memory is not None and self.training and "spk_embedding" in net_output:
+            self.spk_memory.push(net_output["spk_embedding"], spk_id)
 
     def get_pitch_targets(self, net_output: Dict[str, torch.Tensor], pitch: torch.Tensor,
                           pitch_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -286,5 +324,6 @@ class DHubertModel(HubertModel):
     def remove_pretraining_modules(self) -> None:
         super().remove_pretraining_modules()
         self.spk_head = None
+        self.spk_memory = None
         self.pitch_head = None
         self.taps = None
