@@ -53,7 +53,7 @@ def train(cwd: Path, paths: Dict[str, Path], max_update: int) -> List[Dict]:
         f"task.data={paths['data']}", f"task.label_dir={paths['labels']}", f"task.pitch_dir={paths['pitch']}",
         f"common.user_dir={REPO / 'fairseq_ext'}", "common.cpu=true", "common.fp16=false",
         "dataset.num_workers=0", "dataset.required_batch_size_multiple=1",
-        f"optimization.max_update={max_update}", "model.grl_warmup_updates=10", f"hydra.run.dir={cwd / 'run'}",
+        f"optimization.max_update={max_update}", "model.grl_warmup_updates=10", "model.grl_lambda_max=1.0", f"hydra.run.dir={cwd / 'run'}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -1,7 +1,7 @@
 """Model ``dhubert``: HuBERT with a speaker adversary (behind a gradient-reversal layer) and a pitch head.
 
 - Speaker adversary: output of transformer layer ``spk_layer`` -> GRL -> masked pooling over valid
-  frames (by default only the unmasked ones, ``spk_frames``) -> MLP -> ``n_speakers`` logits. The head learns to identify the speaker, the encoder
+  frames (all of them, or only the unmasked ones: ``spk_frames``) -> running standardisation -> MLP -> ``n_speakers`` logits. The head learns to identify the speaker, the encoder
   below ``spk_layer`` receives ``-lambda`` times its gradient and learns to hide the speaker.
 - Pitch head: output of layer ``pitch_layer`` -> MLP -> per frame [log-F0 estimate, voicing logit].
   ``pitch_mode=auxiliary`` trains the encoder to keep pitch there; ``adversarial`` puts the head
@@ -34,7 +34,7 @@ from fairseq_ext.modules.speaker_memory import SpeakerMemory
 logger = logging.getLogger(__name__)
 
 PITCH_MODES = ("auxiliary", "adversarial")
-SPK_FRAMES = ("unmasked", "all")
+SPK_FRAMES = ("all", "unmasked")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class DHubertConfig(HubertConfig):
         default="mean", metadata={"help": "pooling of the speaker adversary: mean, self_attention, attentive "
                                           "(MLP-scored mean) or attentive_stats (weighted mean and std)"})
     spk_frames: ChoiceEnum(SPK_FRAMES) = field(  # type: ignore[valid-type]
-        default="unmasked", metadata={"help": "frames the speaker adversary pools over: unmasked = the valid frames "
+        default="all", metadata={"help": "frames the speaker adversary pools over: unmasked = the valid frames "
                                               "that were not replaced by the mask embedding (they carry the "
                                               "input's speaker cues), all = every valid frame"})
     spk_standardize: bool = field(
