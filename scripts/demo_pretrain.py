@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import json
 import logging
@@ -57,6 +56,7 @@ if __name__ == "__main__":  # run from a checkout: use its packages, not a stale
     sys.path.insert(0, str(REPO))
 
 from simple_kmeans.common import PipelineError, atomic_output, read_manifest, run_cli  # noqa: E402
+from simple_kmeans.runner import digest as signature, file_digest  # noqa: E402
 
 logger = logging.getLogger("demo_pretrain")
 
@@ -70,19 +70,6 @@ CPU_OVERRIDES = ["common.cpu=true", "common.fp16=false", "dataset.num_workers=0"
 
 
 # --------------------------------------------------------------------------- stamps
-
-
-def file_digest(path: os.PathLike | str) -> str:
-    """Content hash of a small input file (manifest, labels, speaker table)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:20]
-
-
-def signature(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 class Stamps:
