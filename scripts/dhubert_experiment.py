@@ -35,7 +35,6 @@ Prints a Markdown report; --json saves every number.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import statistics
@@ -49,17 +48,11 @@ REPO = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # run from a checkout: use its packages, not a stale installed copy
     sys.path.insert(0, str(REPO))
 
+from simple_kmeans.cli import load_script  # noqa: E402
 from simple_kmeans.common import PipelineError, atomic_output, read_manifest, run_cli  # noqa: E402
 
 
-def _sibling(name: str):
-    spec = importlib.util.spec_from_file_location(f"fairseq_ext_script_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dp = _sibling("demo_pretrain")
+dp = load_script(__file__, "demo_pretrain")
 logger = logging.getLogger("dhubert_experiment")
 
 PLAIN = ["task.load_speaker=false", "task.load_pitch=false", "model.spk_layer=0", "model.pitch_layer=0",

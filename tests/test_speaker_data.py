@@ -102,6 +102,7 @@ def test_folder_tree_with_speech_commands_lists(demo_corpus, tmp_path):
     (root / "_background_noise_").mkdir()  # skipped, as in Speech Commands
     (root / "validation_list.txt").write_text("spk00/spk00_001.wav\nspk01/spk01_001.wav\n")
     (root / "testing_list.txt").write_text("spk02/spk02_003.wav\n")
+    (root / "keywords.tsv").write_text("word\tphones\n")  # a stray table is not a manifest
     task = _task(root)
     assert task.layout == "folders" and task.labels == ["spk00", "spk01", "spk02"]
     assert _uids(task, "valid") == ["spk00/spk00_001.wav", "spk01/spk01_001.wav"]

@@ -98,7 +98,12 @@ class SpeakerClassificationTask(FairseqTask):
         """``homework``, ``manifest`` or ``folders``."""
         if self.cfg.input_type == "homework":
             return "homework"
-        if (self.root / f"{self.cfg.train_split}.tsv").is_file() or any(self.root.glob("*.tsv")):
+        split_tsvs = [self.root / f"{s}.tsv" for s in (self.cfg.train_split, self.cfg.valid_split, "test")]
+        if any(p.is_file() for p in split_tsvs):
+            return "manifest"
+        has_class_folders = any(p.is_dir() and not p.name.startswith((".", "_")) for p in self.root.iterdir()) \
+            if self.root.is_dir() else False
+        if any(self.root.glob("*.tsv")) and not has_class_folders:
             return "manifest"
         return "folders"
 
