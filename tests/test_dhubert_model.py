@@ -24,7 +24,7 @@ TINY = dict(label_rate=100.0, max_update=100, encoder_layers=3, encoder_embed_di
             conv_feature_layers="[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2", dropout=0.0,
             attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0,
             dropout_features=0.0, head_dropout=0.0, spk_hidden_dim=16, pitch_hidden_dim=16, mask_length=3,
-            spk_layer=1, pitch_layer=2, grl_schedule="constant", grl_lambda_max=0.5)
+            spk_layer=1, pitch_layer=2, grl_schedule="constant", grl_lambda_max=0.5, mask_seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +358,36 @@ def test_speaker_memory_trains_the_classifier_only(task_and_batch, fixed_masks):
     out = model(target_list=batch["target_list"], **batch["net_input"])
     crit(model, batch)
     assert "spk_memory_logits" not in out and len(model.spk_memory) == min(16, 2 * n_utts)  # eval: untouched
+
+
+def test_seeded_masks_are_reproducible(task_and_batch):
+    """Masks depend on (mask_seed, update, call) only: equal in reruns, different across updates."""
+    task, batch = task_and_batch
+
+    def masks(model, updates, calls=1):
+        model.set_num_updates(updates)
+        seen = []
+        orig = model.apply_mask
+
+        def record(x, padding_mask, target_list):
+            x, m = orig(x, padding_mask, target_list)
+            seen.append(m.clone())
+            return x, m
+
+        model.apply_mask = record
+        for _ in range(calls):
+            model(target_list=batch["target_list"], **batch["net_input"])
+        model.apply_mask = orig
+        return seen
+
+    a, b = build(task), build(task)
+    first, again = masks(a, 7, calls=2), masks(b, 7, calls=2)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))  # reruns mask the same frames
+    assert not torch.equal(first[0], first[1])  # a second call in the same update (accumulation) differs
+    assert not torch.equal(masks(a, 8)[0], first[0])  # so does the next update
+    assert not torch.equal(masks(build(task, mask_seed=2), 7)[0], first[0])  # and another seed
+    assert not torch.equal(first[0][0], first[0][1])  # rows differ
+    unseeded = build(task, seeded_masks=False)
+    assert unseeded.mask_seed is None and masks(unseeded, 7)[0].any()
+    with pytest.raises(ValueError, match="mask_seed"):
+        build(task, mask_seed="${common.seed}")

@@ -83,6 +83,10 @@ def test_train_validate_resume_reload(demo_corpus, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_last.pt"
     assert ckpt.is_file() and (ckpt.parent / "checkpoint_best.pt").is_file()
 
+    (tmp_path / "rerun").mkdir()
+    rerun = [r for r in train(tmp_path / "rerun", paths, max_update=12) if r["kind"] == "train_inner"]
+    assert [r["loss"] for r in rerun] == [r["loss"] for r in inner]  # seeded masks: a rerun is identical
+
     logs2 = train(tmp_path, paths, max_update=15)  # same run dir: resumes from checkpoint_last.pt
     inner2 = [r for r in logs2 if r["kind"] == "train_inner"]
     assert "Loaded checkpoint" in logs2[0]["_log"] and "@ 12 updates" in logs2[0]["_log"]

@@ -29,6 +29,7 @@ from torch import nn
 from fairseq_ext.modules.grl import GRL_SCHEDULES, GradientReversal, grl_lambda
 from fairseq_ext.modules.pooling import POOLING_CHOICES, build_pooling
 from fairseq_ext.modules.running_standardize import RunningStandardize
+from fairseq_ext.modules.seeded_masks import seeded_mask_indices
 from fairseq_ext.modules.speaker_memory import SpeakerMemory
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ class DHubertConfig(HubertConfig):
     grl_warmup_updates: int = field(
         default=0, metadata={"help": "updates over which dann/linear ramp up (p = updates / this); "
                                      "0 = optimization.max_update"})
+    seeded_masks: bool = field(
+        default=True, metadata={"help": "draw HuBERT's span masks from generators seeded by (mask_seed, update, "
+                                        "call, row, rank), so reruns mask the same frames (fairseq 0.12.3's "
+                                        "masks are unseeded); false = fairseq's behaviour"})
+    mask_seed: int = field(default=II("common.seed"), metadata={"help": "seed of the span masks (seeded_masks)"})
     max_update: int = field(
         default=II("optimization.max_update"), metadata={"help": "training length; the GRL ramp's default length"})
 
@@ -191,6 +197,11 @@ class DHubertModel(HubertModel):
                 raise ValueError(f"model.{name}={getattr(cfg, name)} must be in [0, {n_layers}] (encoder_layers)")
         self.spk_layer, self.pitch_layer = cfg.spk_layer, cfg.pitch_layer
         self.spk_unmasked_only = str(cfg.spk_frames) == "unmasked"
+        if cfg.seeded_masks and not isinstance(cfg.mask_seed, int):
+            raise ValueError(f"model.mask_seed={cfg.mask_seed!r} is not an integer: set it (or common.seed), "
+                             f"or model.seeded_masks=false")
+        self.mask_seed: Optional[int] = cfg.mask_seed if cfg.seeded_masks else None
+        self._mask_calls = 0  # apply_mask calls since the last set_num_updates (gradient accumulation, validation)
         self._mask_indices: Optional[torch.Tensor] = None
         self.pitch_adversarial = cfg.pitch_mode == "adversarial"
         self.grl_schedule, self.grl_lambda_max = str(cfg.grl_schedule), cfg.grl_lambda_max
@@ -234,6 +245,7 @@ class DHubertModel(HubertModel):
         """Called by fairseq at every update (and on checkpoint load); drives the GRL schedule."""
         super().set_num_updates(num_updates)
         self.num_updates = int(num_updates)
+        self._mask_calls = 0
         self.grl.lambda_ = self.current_lambda()
 
     def current_lambda(self) -> float:
@@ -241,8 +253,15 @@ class DHubertModel(HubertModel):
         return grl_lambda(self.grl_schedule, self.num_updates, self.grl_lambda_max, self.grl_horizon)
 
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], target_list):
-        """HuBERT's masking of x (B, T, C); also remembers the (B, T) mask for the speaker adversary."""
-        x, mask_indices = super().apply_mask(x, padding_mask, target_list)
+        """HuBERT's masking of x (B, T, C), seeded unless ``seeded_masks=false``; also remembers the
+        (B, T) mask for the speaker adversary."""
+        if self.mask_seed is None:
+            x, mask_indices = super().apply_mask(x, padding_mask, target_list)
+        else:
+            key = self.num_updates * 4096 + self._mask_calls + (0 if self.training else 2048)
+            self._mask_calls += 1
+            with seeded_mask_indices(self.mask_seed, key, x.size(0)):
+                x, mask_indices = super().apply_mask(x, padding_mask, target_list)
         self._mask_indices = mask_indices
         return x, mask_indices
 
