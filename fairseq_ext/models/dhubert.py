@@ -197,10 +197,11 @@ class DHubertModel(HubertModel):
                 raise ValueError(f"model.{name}={getattr(cfg, name)} must be in [0, {n_layers}] (encoder_layers)")
         self.spk_layer, self.pitch_layer = cfg.spk_layer, cfg.pitch_layer
         self.spk_unmasked_only = str(cfg.spk_frames) == "unmasked"
-        if cfg.seeded_masks and not isinstance(cfg.mask_seed, int):
-            raise ValueError(f"model.mask_seed={cfg.mask_seed!r} is not an integer: set it (or common.seed), "
-                             f"or model.seeded_masks=false")
-        self.mask_seed: Optional[int] = cfg.mask_seed if cfg.seeded_masks else None
+        self.mask_seed: Optional[int] = None
+        if cfg.seeded_masks:
+            self.mask_seed = cfg.mask_seed if isinstance(cfg.mask_seed, int) else 1
+            if not isinstance(cfg.mask_seed, int):  # e.g. "${common.seed}" in a config built outside hydra
+                logger.warning("model.mask_seed=%r is not an integer: span masks are seeded with 1", cfg.mask_seed)
         self._mask_calls = 0  # apply_mask calls since the last set_num_updates (gradient accumulation, validation)
         self._mask_indices: Optional[torch.Tensor] = None
         self.pitch_adversarial = cfg.pitch_mode == "adversarial"
