@@ -48,7 +48,7 @@ if __name__ == "__main__":  # run from a checkout: use its packages, not a stale
 
 from simple_kmeans.common import PipelineError, atomic_output, progress, run_cli  # noqa: E402
 from simple_kmeans.make_demo_corpus import (  # noqa: E402
-    FRAME_RATE, PHONES, _bandpass_noise, _resonator, make_speaker,
+    FRAME_RATE, PHONES, glottal_source, make_speaker, render_phones,
 )
 
 logger = logging.getLogger("make_kws_corpus")
@@ -95,43 +95,17 @@ def synth_word(
     t = np.arange(n_frames) / FRAME_RATE
     f0 = voice["f0"] * pitch_shift * (1.05 - 0.15 * t / max(t[-1], 1e-3)) * (
         1 + 0.04 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + rng.uniform(0, 6)))
-    phase = np.cumsum(np.repeat(f0, hop) / sr)
-    pulses = np.diff(np.floor(phase), prepend=0.0)
-    from scipy.signal import lfilter
-
-    source = lfilter([1.0], [1.0, -voice["tilt"]], pulses)
+    source = glottal_source(f0, voice["tilt"], sr)
     formant_scale = voice["formant_scale"] * rng.uniform(0.97, 1.03)
-    word = np.zeros(n_frames * hop)
-    pos = 0
-    for p, d in zip(phones, durs):
-        kind, spec = PHONES[p]
-        a, b = pos * hop, (pos + d) * hop
-        n = b - a
-        if kind in ("vowel", "nasal"):
-            y = np.zeros(n)
-            for k, f in enumerate(spec):
-                y += _resonator(source[a:b], f * formant_scale, 60 + 40 * k, sr) / (k + 1)
-            if kind == "nasal":
-                y *= 0.4
-        elif kind == "fric":
-            y = 0.3 * _bandpass_noise(n, spec[0] * rng.uniform(0.95, 1.05), spec[1], sr, rng)
-        elif kind == "stop":
-            y = np.zeros(n)
-            burst = max(n // 3, 8)
-            y[n - burst:] = 0.6 * _bandpass_noise(burst, spec[0], spec[1], sr, rng) * np.hanning(burst)
-        else:
-            y = np.zeros(n)
-        ramp = min(80, n // 4)
-        if ramp:
-            y[:ramp] *= np.linspace(0, 1, ramp)
-            y[-ramp:] *= np.linspace(1, 0, ramp)
-        word[a:b] = y
-        pos += d
+    word, _ = render_phones(phones, durs, source, formant_scale, rng, sr, fric_jitter=True, min_burst=8,
+                            silence_noise=False)
     word = word / (np.abs(word).max() + 1e-9) * voice["gain"] * rng.uniform(0.6, 1.0)
     clip = np.zeros(n_clip)
     start = int(rng.integers(0, n_clip - len(word) + 1))
     clip[start:start + len(word)] = word
     # coloured noise (random one-pole low-pass of white noise) at the requested SNR
+    from scipy.signal import lfilter
+
     noise = lfilter([1.0], [1.0, -rng.uniform(0.0, 0.9)], rng.standard_normal(n_clip))
     p_word = float(np.mean(word ** 2))
     noise *= np.sqrt(p_word / (np.mean(noise ** 2) * 10 ** (snr_db / 10)))

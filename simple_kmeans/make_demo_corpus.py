@@ -23,7 +23,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -81,6 +81,65 @@ def make_speaker(index: int, rng: np.random.Generator) -> Dict[str, float]:
     }
 
 
+def glottal_source(f0_frames: np.ndarray, tilt: float, sr: int = 16000) -> np.ndarray:
+    """Glottal pulse train ``(len(f0_frames) * sr // FRAME_RATE,)`` for an F0 contour at 100 Hz
+    (one pulse per period), through a one-pole spectral-tilt filter with coefficient ``tilt``."""
+    from scipy.signal import lfilter
+
+    phase = np.cumsum(np.repeat(f0_frames, sr // FRAME_RATE) / sr)
+    pulses = np.diff(np.floor(phase), prepend=0.0)  # 1 at each glottal closure
+    return lfilter([1.0], [1.0, -tilt], pulses)
+
+
+def render_phones(
+    seq: Sequence[str], durs: Sequence[int], source: np.ndarray, formant_scale: float,
+    rng: np.random.Generator, sr: int = 16000, fric_jitter: bool = False, min_burst: int = 0,
+    silence_noise: bool = True,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Render phones ``seq`` of ``durs`` 100 Hz frames each from the glottal ``source``.
+
+    Vowels and nasals: the source through formant resonators (scaled by ``formant_scale``);
+    fricatives: band-pass noise (centre jittered by +-5% with ``fric_jitter``); stops: silence
+    then a burst of at least ``min_burst`` samples; "sil": faint noise (``silence_noise``) or
+    zeros. Each phone gets 5 ms ramps.
+
+    Returns:
+        ``(wav (sum(durs) * sr // 100,), voiced (sum(durs),) bool)``.
+    """
+    hop = sr // FRAME_RATE
+    n_frames = sum(durs)
+    out = np.zeros(n_frames * hop)
+    voiced = np.zeros(n_frames, dtype=bool)
+    pos = 0
+    for p, d in zip(seq, durs):
+        kind, spec = PHONES[p]
+        a, b = pos * hop, (pos + d) * hop
+        n = b - a
+        if kind in ("vowel", "nasal"):
+            y = np.zeros(n)
+            for k, f in enumerate(spec):
+                y += _resonator(source[a:b], f * formant_scale, 60 + 40 * k, sr) / (k + 1)
+            if kind == "nasal":
+                y *= 0.4
+            voiced[pos:pos + d] = True
+        elif kind == "fric":
+            lo = spec[0] * rng.uniform(0.95, 1.05) if fric_jitter else spec[0]
+            y = 0.3 * _bandpass_noise(n, lo, spec[1], sr, rng)
+        elif kind == "stop":
+            y = np.zeros(n)
+            burst = max(n // 3, min_burst)
+            y[n - burst:] = 0.6 * _bandpass_noise(burst, spec[0], spec[1], sr, rng) * np.hanning(burst)
+        else:
+            y = 0.002 * rng.standard_normal(n) if silence_noise else np.zeros(n)
+        ramp = min(80, n // 4)
+        if ramp:
+            y[:ramp] *= np.linspace(0, 1, ramp)
+            y[-ramp:] *= np.linspace(1, 0, ramp)
+        out[a:b] = y
+        pos += d
+    return out, voiced
+
+
 def synth_utterance(
     speaker: Dict[str, float], rng: np.random.Generator, sr: int = 16000,
     n_phones: Tuple[int, int] = (8, 18), pitch_shift: float = 1.0,
@@ -91,7 +150,6 @@ def synth_utterance(
         ``(wav, phones, f0)``: waveform ``(T,)`` float32 in [-1, 1], frame-level phone labels
         (100 Hz, ``len == T // (sr // 100)``) and true F0 per frame (0 where unvoiced).
     """
-    hop = sr // FRAME_RATE
     names = [p for p in PHONES if p != "sil"]
     seq = ["sil"] + list(rng.choice(names, size=int(rng.integers(*n_phones)))) + ["sil"]
     durs = [int(rng.integers(8, 20)) if PHONES[p][0] in ("vowel", "sil") else int(rng.integers(5, 12))
@@ -101,45 +159,9 @@ def synth_utterance(
     t = np.arange(n_frames) / FRAME_RATE
     f0_frames = speaker["f0"] * pitch_shift * (1.1 - 0.2 * t / max(t[-1], 1e-3)) * (
         1 + 0.05 * np.sin(2 * np.pi * rng.uniform(1, 3) * t + rng.uniform(0, 6)))
-    f0_samples = np.repeat(f0_frames, hop)
-    phase = np.cumsum(f0_samples / sr)
-    pulses = np.diff(np.floor(phase), prepend=0.0)  # 1 at each glottal closure
-    from scipy.signal import lfilter
-
-    source = lfilter([1.0], [1.0, -speaker["tilt"]], pulses)  # spectral tilt
-    out = np.zeros(n_frames * hop)
-    labels: List[str] = []
-    voiced = np.zeros(n_frames, dtype=bool)
-    pos = 0
-    for p, d in zip(seq, durs):
-        kind, spec = PHONES[p]
-        a, b = pos * hop, (pos + d) * hop
-        n = b - a
-        if kind in ("vowel", "nasal"):
-            seg = source[a:b].copy()
-            y = np.zeros(n)
-            for k, f in enumerate(spec):
-                y += _resonator(seg, f * speaker["formant_scale"], 60 + 40 * k, sr) / (k + 1)
-            if kind == "nasal":
-                y *= 0.4
-            voiced[pos:pos + d] = True
-        elif kind == "fric":
-            y = 0.3 * _bandpass_noise(n, spec[0], spec[1], sr, rng)
-        elif kind == "stop":
-            y = np.zeros(n)
-            burst = n // 3
-            y[n - burst:] = 0.6 * _bandpass_noise(burst, spec[0], spec[1], sr, rng) * np.hanning(burst)
-        else:
-            y = 0.002 * rng.standard_normal(n)
-        ramp = min(80, n // 4)
-        if ramp:
-            env = np.ones(n)
-            env[:ramp] = np.linspace(0, 1, ramp)
-            env[-ramp:] = np.linspace(1, 0, ramp)
-            y *= env
-        out[a:b] = y
-        labels += [p] * d
-        pos += d
+    source = glottal_source(f0_frames, speaker["tilt"], sr)
+    out, voiced = render_phones(seq, durs, source, speaker["formant_scale"], rng, sr)
+    labels = [p for p, d in zip(seq, durs) for _ in range(d)]
     out = out / (np.abs(out).max() + 1e-9) * speaker["gain"]
     out += 1e-3 * rng.standard_normal(len(out))
     f0 = np.where(voiced, f0_frames, 0.0)
