@@ -275,17 +275,10 @@ def _windows(entries: Sequence[ManifestEntry], window_samples: int) -> Iterator[
 def _read_window(manifest: Manifest, window: List[ManifestEntry], sr: int,
                  bad: Optional[BadAudio] = None) -> List[Optional[np.ndarray]]:
     """Waveforms of ``window``; with ``bad``, None for the files it skips (it raises without --skip-bad)."""
-    out: List[Optional[np.ndarray]] = []
-    for e in window:
-        try:
-            out.append(read_audio(manifest.audio_path(e), expected_sr=sr, expected_len=e.n_samples,
-                                  where=f"{manifest.path}:{e.line}"))
-        except PipelineError as err:
-            if bad is None:
-                raise
-            bad.skip(e, str(err))
-            out.append(None)
-    return out
+    if bad is not None:
+        return [bad.read(manifest, e, sr) for e in window]
+    return [read_audio(manifest.audio_path(e), expected_sr=sr, expected_len=e.n_samples,
+                       where=f"{manifest.path}:{e.line}") for e in window]
 
 
 def main(

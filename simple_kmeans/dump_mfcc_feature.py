@@ -46,7 +46,6 @@ from simple_kmeans.common import (
     feat_paths,
     manifest_path,
     progress,
-    read_audio,
     read_manifest,
     resolve_shard,
     run_cli,
@@ -114,11 +113,8 @@ def main(
                                     f"{entry.n_samples} samples, shorter than one {extractor.window_size}-sample "
                                     f"analysis window (no MFCC frame)")
                     continue
-                try:
-                    wav = read_audio(manifest.audio_path(entry), sample_rate, entry.n_samples,
-                                     where=f"{manifest.path}:{entry.line}")
-                except PipelineError as e:
-                    bad.skip(entry, str(e))  # raises without --skip-bad
+                wav = bad.read(manifest, entry, sample_rate)  # raises without --skip-bad
+                if wav is None:
                     continue
                 feats = extractor(wav)
                 writer.append(feats)

@@ -64,7 +64,6 @@ from simple_kmeans.common import (
     feat_paths,
     manifest_path,
     progress,
-    read_audio,
     read_manifest,
     resolve_shard,
     run_cli,
@@ -275,11 +274,8 @@ def main(tsv_dir: str, split: str, nshard: ShardArg, rank: ShardArg, feat_dir: s
     # commit order: .npy, statistics, skipped report, then .len (renamed last: the shard is complete)
     with NpyStreamWriter(npy_path, dim=2) as writer:
         for entry in progress(entries, desc=f"pitch {split} {rank}/{nshard}", unit="utt"):
-            try:
-                wav = read_audio(manifest.audio_path(entry), SAMPLE_RATE, entry.n_samples,
-                                 where=f"{manifest.path}:{entry.line}")
-            except PipelineError as e:
-                bad.skip(entry, str(e))  # raises without --skip-bad
+            wav = bad.read(manifest, entry, SAMPLE_RATE)  # raises without --skip-bad
+            if wav is None:
                 continue
             feats = extractor(wav)
             writer.append(feats)

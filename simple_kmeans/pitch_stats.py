@@ -35,8 +35,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from simple_kmeans.common import (PipelineError, atomic_output, feat_paths, kept_entries, manifest_path,
-                                  read_lengths, read_manifest, read_skipped, run_cli, skipped_path)
+from simple_kmeans.common import (PipelineError, atomic_output, count_skipped, feat_paths, kept_entries,
+                                  manifest_path, read_lengths, read_manifest, run_cli)
 from simple_kmeans.dump_pitch_feature import stats_path
 from simple_kmeans.speaker_labels import read_spk_file
 
@@ -100,7 +100,7 @@ def shard_speakers(spk_file: os.PathLike | str, feat_dir: str, split: str, nshar
         tsv_dir: folder with the ``{split}.tsv`` the shards were dumped from.
     """
     speakers = read_spk_file(spk_file)
-    n_skipped = sum(len(read_skipped(skipped_path(feat_dir, split, r, nshard))) for r in range(nshard))
+    n_skipped, _ = count_skipped(feat_dir, split, nshard)
     if len(speakers) == n_utts:
         if n_skipped:
             logger.info("%s has one line per kept file (%d files were skipped): taken as made from the kept-files "

@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
+
 from simple_kmeans.atomic import atomic_output
 from simple_kmeans.cli import PipelineError
-from simple_kmeans.manifest_io import Manifest, ManifestEntry, manifest_path, read_manifest
+from simple_kmeans.manifest_io import Manifest, ManifestEntry, manifest_path, read_audio, read_manifest
 from simple_kmeans.shards import feat_paths, read_lengths, shard_stem
 
 logger = logging.getLogger("simple_kmeans")
@@ -44,6 +46,16 @@ class BadAudio:
                                 f"(they are listed in {self.report.name})")
         logger.warning("skipping %s", problem)
         self.skipped.append((entry, problem))
+
+    def read(self, manifest: Manifest, entry: ManifestEntry, sample_rate: int) -> Optional[np.ndarray]:
+        """The waveform of ``entry`` (``read_audio`` with the manifest's checks), or None when it is
+        unusable and skipped (raises instead without ``skip_bad``)."""
+        try:
+            return read_audio(manifest.audio_path(entry), sample_rate, entry.n_samples,
+                              where=f"{manifest.path}:{entry.line}")
+        except PipelineError as e:
+            self.skip(entry, str(e))
+            return None
 
     def write_report(self) -> Optional[Path]:
         """Write the report (only with ``skip_bad``; an empty table when nothing was skipped)."""

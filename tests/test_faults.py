@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_manifest
-from simple_kmeans import dump_mfcc_feature, dump_pitch_feature, status
+from simple_kmeans import dump_mfcc_feature, dump_pitch_feature, skip_bad, status
 from simple_kmeans.common import (
     PipelineError, atomic_output, feat_paths, load_feat_shard, read_manifest, skipped_path,
 )
@@ -32,6 +32,7 @@ HARNESS = r"""
 import importlib, json, os, signal, sys
 module, kill_at, kwargs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 d = importlib.import_module(module)
+import simple_kmeans.skip_bad as reader  # the dumpers read audio through BadAudio.read
 count = [0]
 def hook(real):
     def wrapper(*a, **k):
@@ -40,7 +41,7 @@ def hook(real):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*a, **k)
     return wrapper
-d.read_audio = hook(d.read_audio)
+reader.read_audio = hook(reader.read_audio)
 for name in ("replace", "fsync", "unlink"):
     setattr(os, name, hook(getattr(os, name)))
 d.main(**kwargs)
@@ -72,7 +73,7 @@ def _count_events(name: str, kwargs: dict, monkeypatch) -> int:
         return wrapper
 
     with monkeypatch.context() as m:
-        m.setattr(module, "read_audio", hook(module.read_audio))
+        m.setattr(skip_bad, "read_audio", hook(skip_bad.read_audio))  # the dumpers read audio through BadAudio.read
         for fn in EVENTS[1:]:
             m.setattr(os, fn, hook(getattr(os, fn)))
         module.main(**kwargs)

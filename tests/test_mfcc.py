@@ -272,15 +272,15 @@ def test_killed_job_leaves_only_temp_files(demo_manifest, tmp_path):
     out = tmp_path / "feat"
     code = (
         "import os, signal, sys\n"
-        "from simple_kmeans import dump_mfcc_feature as d\n"
+        "from simple_kmeans import dump_mfcc_feature as d, skip_bad\n"  # the dumper reads through BadAudio.read
         "calls = []\n"
-        "real = d.read_audio\n"
+        "real = skip_bad.read_audio\n"
         "def read_audio(*a, **k):\n"
         "    calls.append(1)\n"
         "    if len(calls) == 5:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*a, **k)\n"
-        "d.read_audio = read_audio\n"
+        "skip_bad.read_audio = read_audio\n"
         f"d.main({str(demo_manifest)!r}, 'train', 1, 0, {str(out)!r})\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
