@@ -1,8 +1,10 @@
 """Model ``dhubert``: HuBERT with a speaker adversary (behind a gradient-reversal layer) and a pitch head.
 
 - Speaker adversary: output of transformer layer ``spk_layer`` -> GRL -> masked pooling over valid
-  frames (all of them, or only the unmasked ones: ``spk_frames``) -> running standardisation -> MLP -> ``n_speakers`` logits. The head learns to identify the speaker, the encoder
-  below ``spk_layer`` receives ``-lambda`` times its gradient and learns to hide the speaker.
+  frames (all of them, or only the unmasked ones: ``spk_frames``) -> running standardisation ->
+  MLP -> ``n_speakers`` logits; the MLP also replays a memory of recent utterance embeddings. The
+  head learns to identify the speaker, the encoder below ``spk_layer`` receives ``-lambda`` times
+  its gradient and learns to hide the speaker.
 - Pitch head: output of layer ``pitch_layer`` -> MLP -> per frame [log-F0 estimate, voicing logit].
   ``pitch_mode=auxiliary`` trains the encoder to keep pitch there; ``adversarial`` puts the head
   behind the GRL too (the encoder learns to remove pitch).
@@ -46,9 +48,9 @@ class DHubertConfig(HubertConfig):
         default="mean", metadata={"help": "pooling of the speaker adversary: mean, self_attention, attentive "
                                           "(MLP-scored mean) or attentive_stats (weighted mean and std)"})
     spk_frames: ChoiceEnum(SPK_FRAMES) = field(  # type: ignore[valid-type]
-        default="all", metadata={"help": "frames the speaker adversary pools over: unmasked = the valid frames "
-                                              "that were not replaced by the mask embedding (they carry the "
-                                              "input's speaker cues), all = every valid frame"})
+        default="all", metadata={"help": "frames the speaker adversary pools over: all = every valid frame, "
+                                         "unmasked = the valid frames that were not replaced by the mask "
+                                         "embedding"})
     spk_standardize: bool = field(
         default=True, metadata={"help": "standardise the pooled vector per channel with running statistics "
                                         "before the speaker classifier, so that the encoder cannot hide "
@@ -197,11 +199,11 @@ class DHubertModel(HubertModel):
                 raise ValueError(f"model.{name}={getattr(cfg, name)} must be in [0, {n_layers}] (encoder_layers)")
         self.spk_layer, self.pitch_layer = cfg.spk_layer, cfg.pitch_layer
         self.spk_unmasked_only = str(cfg.spk_frames) == "unmasked"
-        self.mask_seed: Optional[int] = None
-        if cfg.seeded_masks:
-            self.mask_seed = cfg.mask_seed if isinstance(cfg.mask_seed, int) else 1
-            if not isinstance(cfg.mask_seed, int):  # e.g. "${common.seed}" in a config built outside hydra
-                logger.warning("model.mask_seed=%r is not an integer: span masks are seeded with 1", cfg.mask_seed)
+        self.mask_seed: Optional[int] = cfg.mask_seed if cfg.seeded_masks else None
+        if self.mask_seed is not None and not isinstance(self.mask_seed, int):
+            # e.g. "${common.seed}" in a config built outside hydra
+            logger.warning("model.mask_seed=%r is not an integer: span masks are seeded with 1", self.mask_seed)
+            self.mask_seed = 1
         self._mask_calls = 0  # apply_mask calls since the last set_num_updates (gradient accumulation, validation)
         self._mask_indices: Optional[torch.Tensor] = None
         self.pitch_adversarial = cfg.pitch_mode == "adversarial"
