@@ -1,7 +1,7 @@
 """Criterion ``dhubert``: HuBERT loss + speaker-adversary cross-entropy + pitch regression/voicing.
 
     loss = HuBERT (sum over predicted frames, as fairseq)
-         + sample_size * (spk_weight * mean_utt CE(speaker)
+         + sample_size * (spk_weight * mean_utt CE(speaker)   (mean_frame with model.spk_unit=frame)
                           + spk_weight * mean CE(speaker) of the adversary's memory of recent
                             utterances (detached: it trains the classifier, not the encoder)
                           + pitch_weight * mean_voiced (log F0 error)^2
@@ -27,6 +27,7 @@ from fairseq.criterions.hubert_criterion import HubertCriterionConfig
 from fairseq.logging import metrics
 
 from fairseq_ext.criteria.hubert_summable import HubertSummableCriterion
+from fairseq_ext.modules.speaker_classifier import utterance_log_probs
 
 
 @dataclass
@@ -59,13 +60,20 @@ class DHubertCriterion(HubertSummableCriterion):
         if "spk_logits" in net_output:
             if "spk_id" not in sample:
                 raise KeyError("the model has a speaker head but the batch has no spk_id: set task.load_speaker=true")
-            logits = net_output["spk_logits"].float()
-            ce_sum = F.cross_entropy(logits, sample["spk_id"], reduction="sum")
-            term = self.spk_weight * ce_sum / nsent * scale
+            logits, spk_id = net_output["spk_logits"].float(), sample["spk_id"]
+            owner = net_output.get("spk_owner")  # frame-level adversary: the utterance of each row
+            if owner is None:
+                ce_sum = F.cross_entropy(logits, spk_id, reduction="sum")
+                term = self.spk_weight * ce_sum / nsent * scale
+                utt_logits = logits
+            else:  # mean over frames; logged CE and accuracy are per utterance (mean frame log-prob)
+                term = self.spk_weight * F.cross_entropy(logits, spk_id[owner]) * scale
+                utt_logits = utterance_log_probs(logits, owner, nsent)
+                ce_sum = F.cross_entropy(utt_logits, spk_id, reduction="sum")
             loss = loss + term
             log["loss_spk"] = term.detach()
             log["spk_ce"] = ce_sum.detach()
-            log["spk_correct"] = (logits.argmax(-1) == sample["spk_id"]).sum().detach()
+            log["spk_correct"] = (utt_logits.argmax(-1) == spk_id).sum().detach()
             log["spk_count"] = nsent
             if "spk_memory_logits" in net_output:  # replayed, detached embeddings: trains the classifier only
                 mem_ce = F.cross_entropy(net_output["spk_memory_logits"].float(), net_output["spk_memory_labels"])

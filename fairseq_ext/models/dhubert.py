@@ -1,8 +1,9 @@
 """Model ``dhubert``: HuBERT with a speaker adversary (behind a gradient-reversal layer) and a pitch head.
 
 - Speaker adversary: output of transformer layer ``spk_layer`` -> GRL -> masked pooling over valid
-  frames (all of them, or only the unmasked ones: ``spk_frames``) -> running standardisation ->
-  MLP -> ``n_speakers`` logits; the MLP also replays a memory of recent utterance embeddings. The
+  frames (all of them, or only the unmasked ones: ``spk_frames``), or with ``spk_unit=frame`` each
+  of those frames on its own -> running standardisation -> MLP -> ``n_speakers`` logits
+  (fairseq_ext.modules.speaker_classifier); the MLP also replays a memory of recent embeddings. The
   head learns to identify the speaker, the encoder below ``spk_layer`` receives ``-lambda`` times
   its gradient and learns to hide the speaker.
 - Pitch head: output of layer ``pitch_layer`` -> MLP -> per frame [log-F0 estimate, voicing logit].
@@ -29,9 +30,9 @@ from omegaconf import II
 from torch import nn
 
 from fairseq_ext.modules.grl import GRL_SCHEDULES, GradientReversal, grl_lambda
-from fairseq_ext.modules.pooling import POOLING_CHOICES, build_pooling
-from fairseq_ext.modules.running_standardize import RunningStandardize
+from fairseq_ext.modules.pooling import POOLING_CHOICES
 from fairseq_ext.modules.seeded_masks import seeded_mask_indices
+from fairseq_ext.modules.speaker_classifier import SPK_UNITS, SpeakerClassifier
 from fairseq_ext.modules.speaker_memory import SpeakerMemory
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ class DHubertConfig(HubertConfig):
     spk_pooling: ChoiceEnum(POOLING_CHOICES) = field(  # type: ignore[valid-type]
         default="mean", metadata={"help": "pooling of the speaker adversary: mean, self_attention, attentive "
                                           "(MLP-scored mean) or attentive_stats (weighted mean and std)"})
+    spk_unit: ChoiceEnum(SPK_UNITS) = field(  # type: ignore[valid-type]
+        default="utterance", metadata={"help": "what the speaker adversary classifies: utterance = one pooled "
+                                               "vector per utterance (spk_pooling), frame = every valid frame "
+                                               "on its own (many more examples per update, and the reversed "
+                                               "gradient reaches every frame)"})
     spk_frames: ChoiceEnum(SPK_FRAMES) = field(  # type: ignore[valid-type]
         default="all", metadata={"help": "frames the speaker adversary pools over: all = every valid frame, "
                                          "unmasked = the valid frames that were not replaced by the mask "
@@ -57,8 +63,9 @@ class DHubertConfig(HubertConfig):
                                         "speaker cues from the adversary by shrinking their scale"})
     spk_memory_size: int = field(
         default=256, metadata={"help": "the speaker classifier also trains, at every update, on the detached "
-                                       "embeddings of the last N training utterances (the encoder gets no "
-                                       "gradient from them); 0 = only the current batch"})
+                                       "embeddings of the last N training utterances (frames, with "
+                                       "spk_unit=frame; the encoder gets no gradient from them); 0 = only "
+                                       "the current batch"})
     spk_hidden_dim: int = field(default=256, metadata={"help": "hidden size of the speaker classifier MLP"})
     head_dropout: float = field(default=0.1, metadata={"help": "dropout inside the speaker and pitch heads"})
     pitch_layer: int = field(
@@ -79,41 +86,6 @@ class DHubertConfig(HubertConfig):
     mask_seed: int = field(default=II("common.seed"), metadata={"help": "seed of the span masks (seeded_masks)"})
     max_update: int = field(
         default=II("optimization.max_update"), metadata={"help": "training length; the GRL ramp's default length"})
-
-
-class SpeakerClassifier(nn.Module):
-    """Utterance-level classifier: masked pooling, optional running standardisation, then a
-    1-hidden-layer MLP.
-
-    Args:
-        in_dim: frame feature size C.
-        n_speakers: number of classes.
-        hidden_dim: MLP hidden size.
-        pooling: a name from ``fairseq_ext.modules.pooling.POOLING_CHOICES``.
-        dropout: dropout before the output layer.
-        standardize: standardise pooled vectors with running per-channel statistics.
-    """
-
-    def __init__(self, in_dim: int, n_speakers: int, hidden_dim: int = 256, pooling: str = "mean",
-                 dropout: float = 0.1, standardize: bool = False) -> None:
-        super().__init__()
-        self.pool = build_pooling(pooling, in_dim, hidden_dim)
-        self.norm = RunningStandardize(self.pool.out_dim) if standardize else nn.Identity()
-        self.mlp = nn.Sequential(nn.Linear(self.pool.out_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden_dim, n_speakers))
-
-    def embed(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns the pooled (and
-        standardised) utterance vectors (B, D) that the MLP classifies."""
-        return self.norm(self.pool(x, padding_mask))
-
-    def classify(self, v: torch.Tensor) -> torch.Tensor:
-        """v: (N, D) from :meth:`embed`. Returns logits (N, n_speakers)."""
-        return self.mlp(v)
-
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns logits (B, n_speakers)."""
-        return self.classify(self.embed(x, padding_mask))
 
 
 class PitchHead(nn.Module):
@@ -187,8 +159,9 @@ class LayerTaps:
 
 @register_model("dhubert", dataclass=DHubertConfig)
 class DHubertModel(HubertModel):
-    """HuBERT + speaker adversary + pitch head; outputs add ``spk_logits`` (B, n_speakers),
-    ``spk_embedding`` (B, D), in training with a filled memory ``spk_memory_logits`` (N, n_speakers)
+    """HuBERT + speaker adversary + pitch head; outputs add ``spk_logits`` (N, n_speakers) and
+    ``spk_embedding`` (N, D) (N = B utterances, or with ``spk_unit=frame`` the N valid frames, whose
+    utterances ``spk_owner`` (N,) gives), in training with a filled memory ``spk_memory_logits`` (N, n_speakers)
     and ``spk_memory_labels`` (N,), ``pitch_pred`` (B, T, 2) and ``grl_lambda`` to HuBERT's."""
 
     def __init__(self, cfg: DHubertConfig, task_cfg, dictionaries: List[Dictionary], n_speakers: int = 0) -> None:
@@ -223,10 +196,10 @@ class DHubertModel(HubertModel):
                 raise ValueError("model.spk_layer > 0 needs speaker labels: use task dhubert_pretraining with "
                                  "task.load_speaker=true, or set model.spk_layer=0")
             self.spk_head = SpeakerClassifier(dim, n_speakers, cfg.spk_hidden_dim, str(cfg.spk_pooling),
-                                              cfg.head_dropout, cfg.spk_standardize)
+                                              cfg.head_dropout, cfg.spk_standardize, str(cfg.spk_unit))
         self.spk_memory: Optional[SpeakerMemory] = None
         if self.spk_head is not None and cfg.spk_memory_size > 0:
-            self.spk_memory = SpeakerMemory(cfg.spk_memory_size, self.spk_head.pool.out_dim)
+            self.spk_memory = SpeakerMemory(cfg.spk_memory_size, self.spk_head.out_dim)
         self.pitch_head: Optional[PitchHead] = None
         self.feat2pitch_ratio = 0.0
         if self.pitch_layer > 0:
@@ -301,9 +274,11 @@ class DHubertModel(HubertModel):
         self.grl.lambda_ = self.current_lambda()
         if self.spk_head is not None:
             h = self.taps.state_after(self.spk_layer - 1)[:, :n_frames]
-            emb = self.spk_head.embed(self.grl(h), self.speaker_frames(frame_pad))  # (B, D)
+            emb, owner = self.spk_head.embed(self.grl(h), self.speaker_frames(frame_pad))  # (N, D)
             result["spk_logits"] = self.spk_head.classify(emb)
             result["spk_embedding"] = emb
+            if owner is not None:
+                result["spk_owner"] = owner
             if self.spk_memory is not None and self.training and len(self.spk_memory) > 0:
                 mem_feats, mem_labels = self.spk_memory.get()
                 result["spk_memory_logits"] = self.spk_head.classify(mem_feats)
@@ -317,10 +292,12 @@ class DHubertModel(HubertModel):
         return result
 
     def remember_speakers(self, net_output: Dict[str, torch.Tensor], spk_id: torch.Tensor) -> None:
-        """Add this batch's detached speaker embeddings with their labels ``spk_id`` (B,) to the
-        classifier's memory (training only; called by the criterion, which has the labels)."""
+        """Add this batch's detached speaker embeddings (utterances or frames) with their labels
+        (from ``spk_id`` (B,)) to the classifier's memory (training only; called by the criterion,
+        which has the labels)."""
         if self.spk_memory is not None and self.training and "spk_embedding" in net_output:
-            self.spk_memory.push(net_output["spk_embedding"], spk_id)
+            owner = net_output.get("spk_owner")
+            self.spk_memory.push(net_output["spk_embedding"], spk_id if owner is None else spk_id[owner])
 
     def get_pitch_targets(self, net_output: Dict[str, torch.Tensor], pitch: torch.Tensor,
                           pitch_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
