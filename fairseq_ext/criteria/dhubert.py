@@ -50,7 +50,8 @@ class DHubertCriterion(HubertSummableCriterion):
         self.spk_weight, self.pitch_weight, self.vuv_weight = spk_weight, pitch_weight, vuv_weight
 
     def forward(self, model, sample: Dict[str, Any], reduce: bool = True, log_pred: bool = False):
-        net_output = model(target_list=sample["target_list"], **sample["net_input"])
+        extra = {"spk_id": sample["spk_id"]} if getattr(model, "spk_cond", None) is not None else {}
+        net_output = model(target_list=sample["target_list"], **sample["net_input"], **extra)
         loss, sample_size, log = self.hubert_loss(model, net_output, sample)
         scale = float(max(sample_size, 1))
         nsent = sample["id"].numel()

@@ -33,6 +33,7 @@ from fairseq_ext.modules.grl import GRL_SCHEDULES, GradientReversal, grl_lambda
 from fairseq_ext.modules.pooling import POOLING_CHOICES
 from fairseq_ext.modules.seeded_masks import seeded_mask_indices
 from fairseq_ext.modules.speaker_classifier import SPK_UNITS, SpeakerClassifier
+from fairseq_ext.modules.speaker_conditioning import SpeakerConditioning
 from fairseq_ext.modules.speaker_memory import SpeakerMemory
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ class DHubertConfig(HubertConfig):
                                        "embeddings of the last N training utterances (frames, with "
                                        "spk_unit=frame; the encoder gets no gradient from them); 0 = only "
                                        "the current batch"})
+    spk_condition: bool = field(
+        default=False, metadata={"help": "speaker-conditioned masked prediction (ContentVec): add a learned "
+                                         "embedding of the true speaker to the encoder output in front of "
+                                         "final_proj (training objective only, not extract_features), so "
+                                         "speaker-dependent k-means targets do not force the encoder to keep "
+                                         "the speaker; needs speaker labels"})
     spk_hidden_dim: int = field(default=256, metadata={"help": "hidden size of the speaker classifier MLP"})
     head_dropout: float = field(default=0.1, metadata={"help": "dropout inside the speaker and pitch heads"})
     pitch_layer: int = field(
@@ -177,6 +184,7 @@ class DHubertModel(HubertModel):
             # e.g. "${common.seed}" in a config built outside hydra
             logger.warning("model.mask_seed=%r is not an integer: span masks are seeded with 1", self.mask_seed)
             self.mask_seed = 1
+        self._cond_speakers: Optional[torch.Tensor] = None  # spk_id of the running forward (spk_condition)
         self._mask_calls = 0  # apply_mask calls since the last set_num_updates (gradient accumulation, validation)
         self._mask_indices: Optional[torch.Tensor] = None
         self.pitch_adversarial = cfg.pitch_mode == "adversarial"
@@ -200,6 +208,13 @@ class DHubertModel(HubertModel):
         self.spk_memory: Optional[SpeakerMemory] = None
         if self.spk_head is not None and cfg.spk_memory_size > 0:
             self.spk_memory = SpeakerMemory(cfg.spk_memory_size, self.spk_head.out_dim)
+        self.spk_cond: Optional[SpeakerConditioning] = None
+        if cfg.spk_condition:
+            if n_speakers < 1:
+                raise ValueError("model.spk_condition=true needs speaker labels: use task dhubert_pretraining "
+                                 "with task.load_speaker=true")
+            self.spk_cond = SpeakerConditioning(n_speakers, dim)
+            self.final_proj.register_forward_pre_hook(self.spk_cond.hook)
         self.pitch_head: Optional[PitchHead] = None
         self.feat2pitch_ratio = 0.0
         if self.pitch_layer > 0:
@@ -239,6 +254,8 @@ class DHubertModel(HubertModel):
             with seeded_mask_indices(self.mask_seed, key, x.size(0)):
                 x, mask_indices = super().apply_mask(x, padding_mask, target_list)
         self._mask_indices = mask_indices
+        if self.spk_cond is not None:
+            self.spk_cond.plan(self._cond_speakers, padding_mask, mask_indices, self.skip_masked, self.skip_nomask)
         return x, mask_indices
 
     def speaker_frames(self, frame_pad: torch.Tensor) -> torch.Tensor:
@@ -258,17 +275,25 @@ class DHubertModel(HubertModel):
         mask: bool = True,
         features_only: bool = False,
         output_layer: Optional[int] = None,
+        spk_id: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        """source: (B, S) waveform; padding_mask: (B, S) bool. HuBERT's outputs, plus (unless
-        ``features_only``) ``spk_logits`` (B, n_speakers), ``pitch_pred`` (B, T, 2) and ``grl_lambda``."""
-        if features_only or self.taps is None:
-            return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
-        self.taps.start()
-        self._mask_indices = None
+        """source: (B, S) waveform; padding_mask: (B, S) bool; spk_id: (B,) speaker ids, used by
+        ``spk_condition`` only. HuBERT's outputs, plus (unless ``features_only``) ``spk_logits``
+        (N, n_speakers), ``pitch_pred`` (B, T, 2) and ``grl_lambda``."""
+        self._cond_speakers = None if features_only else spk_id
         try:
-            result = super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
+            if features_only or self.taps is None:
+                return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
+            self.taps.start()
+            self._mask_indices = None
+            try:
+                result = super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
+            finally:
+                self.taps.stop()
         finally:
-            self.taps.stop()
+            self._cond_speakers = None
+            if self.spk_cond is not None:
+                self.spk_cond.clear()
         frame_pad = result["padding_mask"]  # (B, T)
         n_frames = frame_pad.size(1)
         self.grl.lambda_ = self.current_lambda()
@@ -324,5 +349,6 @@ class DHubertModel(HubertModel):
         super().remove_pretraining_modules()
         self.spk_head = None
         self.spk_memory = None
+        self.spk_cond = None
         self.pitch_head = None
         self.taps = None
