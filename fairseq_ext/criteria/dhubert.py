@@ -2,6 +2,8 @@
 
     loss = HuBERT (sum over predicted frames, as fairseq)
          + sample_size * (spk_weight * mean_utt CE(speaker)   (mean_frame with model.spk_unit=frame)
+                          + spk_weight * lambda * mean CE(uniform) through a frozen classifier
+                            (model.spk_adversary=confusion only; trains the encoder)
                           + spk_weight * mean CE(speaker) of the adversary's memory of recent
                             utterances (detached: it trains the classifier, not the encoder)
                           + pitch_weight * mean_voiced (log F0 error)^2
@@ -13,7 +15,7 @@ cross-entropy. The GRL sign and strength live in the model (``dhubert``); this c
 minimises the heads' losses.
 
 Logged (all logging outputs are sums; means derived in ``reduce_metrics``): HuBERT's metrics,
-``loss_spk``/``loss_spk_memory``/``loss_pitch``/``loss_vuv`` (weighted contributions, bits per frame like ``loss``),
+``loss_spk``/``loss_spk_memory``/``loss_spk_confusion``/``loss_pitch``/``loss_vuv`` (weighted contributions, bits per frame like ``loss``),
 ``spk_ce`` (nats), ``spk_acc``, ``pitch_rmse`` (target units: normalised log F0, natural-log
 units when ``task.pitch_norm=none``), ``vuv_bce``, ``vuv_acc``, ``grl_lambda``.
 """
@@ -76,6 +78,12 @@ class DHubertCriterion(HubertSummableCriterion):
             log["spk_ce"] = ce_sum.detach()
             log["spk_correct"] = (utt_logits.argmax(-1) == spk_id).sum().detach()
             log["spk_count"] = nsent
+            if "spk_confusion_logits" in net_output:  # encoder side of spk_adversary=confusion
+                log_p = F.log_softmax(net_output["spk_confusion_logits"].float(), dim=-1)
+                uniform_ce = -log_p.mean(-1).mean()  # >= log(n_speakers), reached at chance
+                term_c = self.spk_weight * float(net_output["grl_lambda"]) * uniform_ce * scale
+                loss = loss + term_c
+                log["loss_spk_confusion"] = term_c.detach()
             if "spk_memory_logits" in net_output:  # replayed, detached embeddings: trains the classifier only
                 mem_ce = F.cross_entropy(net_output["spk_memory_logits"].float(), net_output["spk_memory_labels"])
                 loss = loss + self.spk_weight * mem_ce * scale

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 PITCH_MODES = ("auxiliary", "adversarial")
 SPK_FRAMES = ("all", "unmasked")
+SPK_ADVERSARIES = ("reverse", "confusion")
 
 
 @dataclass
@@ -54,6 +55,14 @@ class DHubertConfig(HubertConfig):
                                                "vector per utterance (spk_pooling), frame = every valid frame "
                                                "on its own (many more examples per update, and the reversed "
                                                "gradient reaches every frame)"})
+    spk_adversary: ChoiceEnum(SPK_ADVERSARIES) = field(  # type: ignore[valid-type]
+        default="reverse", metadata={"help": "how the encoder fights the speaker classifier: reverse = gradient "
+                                             "reversal (the encoder maximises lambda x the classifier's "
+                                             "cross-entropy); confusion = the encoder minimises lambda x the "
+                                             "cross-entropy to the uniform distribution through a frozen copy of "
+                                             "the classifier, which trains on detached features (bounded: it "
+                                             "stops pushing once the classifier is at chance); confusion needs "
+                                             "spk_unit=frame or spk_pooling=mean"})
     spk_frames: ChoiceEnum(SPK_FRAMES) = field(  # type: ignore[valid-type]
         default="all", metadata={"help": "frames the speaker adversary pools over: all = every valid frame, "
                                          "unmasked = the valid frames that were not replaced by the mask "
@@ -205,6 +214,10 @@ class DHubertModel(HubertModel):
                                  "task.load_speaker=true, or set model.spk_layer=0")
             self.spk_head = SpeakerClassifier(dim, n_speakers, cfg.spk_hidden_dim, str(cfg.spk_pooling),
                                               cfg.head_dropout, cfg.spk_standardize, str(cfg.spk_unit))
+        self.spk_confusion = str(cfg.spk_adversary) == "confusion"
+        if self.spk_confusion and str(cfg.spk_unit) == "utterance" and str(cfg.spk_pooling) != "mean":
+            raise ValueError(f"model.spk_adversary=confusion needs a parameter-free pooling: set "
+                             f"model.spk_pooling=mean or model.spk_unit=frame (got spk_pooling={cfg.spk_pooling})")
         self.spk_memory: Optional[SpeakerMemory] = None
         if self.spk_head is not None and cfg.spk_memory_size > 0:
             self.spk_memory = SpeakerMemory(cfg.spk_memory_size, self.spk_head.out_dim)
@@ -299,8 +312,13 @@ class DHubertModel(HubertModel):
         self.grl.lambda_ = self.current_lambda()
         if self.spk_head is not None:
             h = self.taps.state_after(self.spk_layer - 1)[:, :n_frames]
-            emb, owner = self.spk_head.embed(self.grl(h), self.speaker_frames(frame_pad))  # (N, D)
-            result["spk_logits"] = self.spk_head.classify(emb)
+            if self.spk_confusion:  # classifier on detached vectors; encoder through a frozen classifier
+                emb, owner = self.spk_head.embed(h, self.speaker_frames(frame_pad))  # (N, D)
+                result["spk_logits"] = self.spk_head.classify(emb.detach())
+                result["spk_confusion_logits"] = self.spk_head.classify_frozen(emb)
+            else:
+                emb, owner = self.spk_head.embed(self.grl(h), self.speaker_frames(frame_pad))  # (N, D)
+                result["spk_logits"] = self.spk_head.classify(emb)
             result["spk_embedding"] = emb
             if owner is not None:
                 result["spk_owner"] = owner

@@ -61,6 +61,12 @@ class SpeakerClassifier(nn.Module):
         """v: (N, D) from :meth:`embed`. Returns logits (N, n_speakers)."""
         return self.mlp(v)
 
+    def classify_frozen(self, v: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`classify`, but with the MLP's parameters detached: the gradient reaches ``v``
+        only (the confusion adversary's encoder-side pass). v: (N, D). Returns (N, n_speakers)."""
+        params = {name: p.detach() for name, p in self.mlp.named_parameters()}
+        return torch.func.functional_call(self.mlp, params, (v,))
+
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns utterance-level
         logits (B, n_speakers) (for ``frame``: the mean of each utterance's frame log-probabilities)."""
