@@ -1,13 +1,15 @@
 """Usage: python -m benchmarks.bench_dhubert_step [--quick] [--sizes tiny,base4x256] [--repeats 21]
-           [--steps 1] [--threads 1]
+           [--steps 1] [--threads 1] [--dhubert-set KEY=VALUE ...]
 
 Training step time (forward + backward + gradient clipping + Adam step) of the disentangled HuBERT
 against plain HuBERT at equal sizes, side by side in one process:
 
   hubert        fairseq's HubertModel + fairseq's ``hubert`` criterion (what users run today)
   hubert_ext    this package's baseline: model ``dhubert`` with both heads off + ``hubert_summable``
-  dhubert       model ``dhubert`` with the speaker adversary (GRL, mean pooling, MLP) and the pitch
-                head + criterion ``dhubert`` (speaker CE, log-F0 MSE, voicing BCE)
+  dhubert       model ``dhubert`` with the speaker adversary and the pitch head as configured in
+                config/pretrain/dhubert_*.yaml (frame-level GRL adversary with a 4096-frame memory,
+                speaker-conditioned prediction: ADVERSARY below; ``--dhubert-set KEY=VALUE`` changes a
+                model key) + criterion ``dhubert`` (speaker CE, log-F0 MSE, voicing BCE)
 
 Sizes (same masking, dropout 0, one seeded synthetic batch of 16 kHz noise, 100 Hz labels, K=100):
   tiny          config/pretrain/dhubert_tiny: 2 layers x 64, 32-channel CNN; batch 4 x 1 s
@@ -27,7 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -52,6 +54,29 @@ COMMON = dict(label_rate=100.0, mask_prob=0.65, mask_length=5, dropout=0.0, atte
               activation_dropout=0.0, dropout_input=0.0, dropout_features=0.0, encoder_layerdrop=0.0,
               feature_grad_mult=0.1, untie_final_proj=True, extractor_mode="default")
 N_CLUSTERS, N_SPEAKERS, SR = 100, 8, 16000
+ADVERSARY = dict(spk_unit="frame", spk_memory_size=4096, spk_condition=True, spk_adversary="reverse")
+
+
+def parse_sets(items: Optional[List[str]]) -> Dict[str, object]:
+    """``["spk_unit=utterance", "spk_memory_size=256"]`` -> ``{"spk_unit": "utterance", "spk_memory_size": 256}``
+    (numbers and true/false converted)."""
+    out: Dict[str, object] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--dhubert-set {item!r}: expected KEY=VALUE")
+        low = raw.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = int(raw)
+            except ValueError:
+                try:
+                    out[key] = float(raw)
+                except ValueError:
+                    out[key] = raw
+    return out
 
 
 def dictionary():
@@ -63,8 +88,8 @@ def dictionary():
     return d
 
 
-def build(variant: str, size: Dict):
-    """``(model, criterion)`` of one variant."""
+def build(variant: str, size: Dict, dhubert_set: Optional[Dict[str, object]] = None):
+    """``(model, criterion)`` of one variant; ``dhubert_set`` overrides model keys of ``dhubert``."""
     import fairseq_ext  # noqa: F401  (registers the plugin)
     from fairseq.criterions.hubert_criterion import HubertCriterion
     from fairseq.models.hubert.hubert import HubertConfig, HubertModel
@@ -80,7 +105,8 @@ def build(variant: str, size: Dict):
     if variant == "hubert":
         model = HubertModel(HubertConfig(**COMMON, **size["model"]), task_cfg, dicts)
         return model, HubertCriterion(**crit_args)
-    heads = size["heads"] if variant == "dhubert" else dict(spk_layer=0, pitch_layer=0)
+    heads = {**size["heads"], **ADVERSARY, **(dhubert_set or {})} if variant == "dhubert" else dict(
+        spk_layer=0, pitch_layer=0)
     cfg = DHubertConfig(**COMMON, **size["model"], **heads, head_dropout=0.0, grl_schedule="constant",
                         max_update=1000)
     model = DHubertModel(cfg, task_cfg, dicts, n_speakers=N_SPEAKERS if variant == "dhubert" else 0)
@@ -109,10 +135,10 @@ def make_batch(size: Dict, seed: int = 0) -> Dict:
     }
 
 
-def make_step(variant: str, size: Dict) -> Callable[[], float]:
+def make_step(variant: str, size: Dict, dhubert_set: Optional[Dict[str, object]] = None) -> Callable[[], float]:
     """A closure doing one training step of ``variant``; returns the loss."""
     torch.manual_seed(0)
-    model, criterion = build(variant, size)
+    model, criterion = build(variant, size, dhubert_set)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     batch = make_batch(size)
@@ -128,9 +154,10 @@ def make_step(variant: str, size: Dict) -> Callable[[], float]:
     return step
 
 
-def bench_size(name: str, repeats: int, steps: int, variants: List[str]) -> Dict[str, float]:
+def bench_size(name: str, repeats: int, steps: int, variants: List[str],
+               dhubert_set: Optional[Dict[str, object]] = None) -> Dict[str, float]:
     size = SIZES[name]
-    fns = {v: make_step(v, size) for v in variants}
+    fns = {v: make_step(v, size, dhubert_set) for v in variants}
     for v, fn in fns.items():  # warm-up (allocator, first-call overheads); losses must be finite
         for _ in range(2):
             assert np.isfinite(fn()), f"{v}: non-finite loss"
@@ -150,7 +177,7 @@ def bench_size(name: str, repeats: int, steps: int, variants: List[str]) -> Dict
 
 
 def main(quick: bool = False, sizes: str = "tiny,base4x256", repeats: int = 21, steps: int = 1,
-         threads: int = 1) -> Dict[str, Dict[str, float]]:
+         threads: int = 1, dhubert_set: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     torch.set_num_threads(threads)
     np.random.seed(0)  # fairseq draws HuBERT's masks from numpy's global state
     names = ["tiny"] if quick else [s for s in sizes.split(",") if s]
@@ -158,15 +185,16 @@ def main(quick: bool = False, sizes: str = "tiny,base4x256", repeats: int = 21, 
     if unknown:
         raise SystemExit(f"unknown size(s) {unknown}; choose from {sorted(SIZES)}")
     repeats = min(repeats, 11) if quick else repeats
+    overrides = parse_sets(dhubert_set)
     variants = ["hubert", "hubert_ext", "dhubert"]
     results = {}
     print(f"torch {torch.__version__}, {threads} thread(s); median ms per training step over {repeats} "
-          f"interleaved repeats of {steps} steps")
+          f"interleaved repeats of {steps} steps; dhubert adversary {ADVERSARY | overrides}")
     ratios = ["dhubert/hubert", "hubert_ext/hubert", "dhubert/hubert_ext"]
     print(f"{'size':<10} {'batch':>9} " + " ".join(f"{v:>11}" for v in variants) + " "
           + " ".join(f"{r:>18}" for r in ratios))
     for name in names:
-        ms = bench_size(name, repeats, steps, variants)
+        ms = bench_size(name, repeats, steps, variants, overrides)
         results[name] = ms
         size = SIZES[name]
         cells = " ".join(f"{ms[v]:>11.1f}" for v in variants)
@@ -182,6 +210,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=21, help="interleaved repeats (median reported)")
     p.add_argument("--steps", type=int, default=1, help="training steps per variant per repeat")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--dhubert-set", action="append", metavar="KEY=VALUE",
+                   help="model key of the dhubert variant (repeatable), e.g. spk_unit=utterance")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Usage: python scripts/demo_pretrain.py DEMO_DIR [--max-update 3000] [--grl-lambda-max 0.1] [--threads N]
+"""Usage: python scripts/demo_pretrain.py DEMO_DIR [--max-update 3000] [--grl-lambda-max L] [--threads N]
                                     [--n-clusters 50] [--force]
 
 The main job after the labels: pre-train a small disentangled HuBERT (config/pretrain/dhubert_tiny:
@@ -18,8 +18,8 @@ Steps (outputs under DEMO_DIR/dhubert/):
   1. speakers  speakers/{train,valid}.spk + dict.spk.txt       (simple_kmeans/speaker_labels.py)
   2. pitch     pitch/{split}_0_1.npy/.len at 100 Hz + train.pitch_stats.json
                                                  (simple_kmeans/dump_pitch_feature.py, pitch_stats.py)
-  3. train     fairseq-hydra-train --config-name dhubert_tiny for --max-update updates on CPU, GRL
-               strength --grl-lambda-max (ramped over the first quarter of the run);
+  3. train     fairseq-hydra-train --config-name dhubert_tiny for --max-update updates on CPU, adversary
+               strength lambda from the config or --grl-lambda-max (ramped over the first quarter of the run);
                run dir DEMO_DIR/dhubert/run (checkpoints/, train.log)
   4. probe     per layer: speaker-ID accuracy of a linear probe on mean-pooled features and PNMI of
                k-means codes against the corpus phones, on the training manifest (scripts/probe.py);
@@ -356,7 +356,7 @@ def summary_lines(valid: Optional[Dict], n_speakers: int) -> List[str]:
 
 
 def main(demo_dir: str, max_update: int = 3000, threads: Optional[int] = None, force: bool = False,
-         n_clusters: int = 50, grl_lambda_max: float = 0.1) -> Dict[str, object]:
+         n_clusters: int = 50, grl_lambda_max: Optional[float] = None) -> Dict[str, object]:
     """Speakers, pitch, dhubert_tiny pre-training and probe on a label-pipeline demo folder.
 
     Returns ``{"ckpt", "updates", "valid" (last valid record), "probe" (probe report), "run_dir"}``.
@@ -378,7 +378,7 @@ def main(demo_dir: str, max_update: int = 3000, threads: Optional[int] = None, f
 
     overrides = [f"+data=iter{1 if label_rate == 100 else 2}", f"task.data={man}", f"task.label_dir={labels}",
                  f"task.spk_dir={spk_dir}", f"task.pitch_dir={pitch_dir}", f"common.user_dir={USER_DIR}",
-                 *CPU_OVERRIDES, f"model.grl_lambda_max={grl_lambda_max}"]
+                 *CPU_OVERRIDES, *([] if grl_lambda_max is None else [f"model.grl_lambda_max={grl_lambda_max}"])]
     schedule = [f"model.grl_warmup_updates={max(1, max_update // 4)}",
                 *interval_overrides(max_update, updates_per_epoch(man / "train.tsv"))]
     inputs = {"labels": [file_digest(labels / f"{s}.km") for s in SPLITS],
@@ -408,9 +408,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of the training process (default: inherited)")
     parser.add_argument("--n-clusters", type=int, default=50, help="k-means clusters of the PNMI probe")
-    parser.add_argument("--grl-lambda-max", type=float, default=0.1,
-                        help="final GRL strength (default 0.1: at this scale stronger reversal costs masked "
-                             "prediction without removing more speaker information, see docs/dhubert.md)")
+    parser.add_argument("--grl-lambda-max", type=float, default=None,
+                        help="final adversary strength lambda (default: config/pretrain/dhubert_tiny.yaml's, "
+                             "the value docs/dhubert.md's experiment favours)")
     parser.add_argument("--force", action="store_true", help="redo every step (removes the previous run)")
     return parser
 

@@ -56,6 +56,7 @@ dp = load_script(__file__, "demo_pretrain")
 logger = logging.getLogger("dhubert_experiment")
 
 PLAIN = ["task.load_speaker=false", "task.load_pitch=false", "model.spk_layer=0", "model.pitch_layer=0",
+         "model.spk_condition=false",
          "criterion._name=hubert_summable", "~criterion.spk_weight", "~criterion.pitch_weight",
          "~criterion.vuv_weight"]
 PROBE_SPLITS = 5
