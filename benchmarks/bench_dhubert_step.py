@@ -7,9 +7,9 @@ against plain HuBERT at equal sizes, side by side in one process:
   hubert        fairseq's HubertModel + fairseq's ``hubert`` criterion (what users run today)
   hubert_ext    this package's baseline: model ``dhubert`` with both heads off + ``hubert_summable``
   dhubert       model ``dhubert`` with the speaker adversary and the pitch head as configured in
-                config/pretrain/dhubert_*.yaml (frame-level GRL adversary with a 4096-frame memory,
-                speaker-conditioned prediction: ADVERSARY below; ``--dhubert-set KEY=VALUE`` changes a
-                model key) + criterion ``dhubert`` (speaker CE, log-F0 MSE, voicing BCE)
+                config/pretrain/dhubert_*.yaml (frame-level confusion adversary, speaker-conditioned
+                prediction: ADVERSARY below; memory 1024 frames for tiny as dhubert_tiny, 4096 for
+                base4x256 as dhubert_base; ``--dhubert-set KEY=VALUE ...`` changes model keys) + criterion ``dhubert`` (speaker CE, log-F0 MSE, voicing BCE)
 
 Sizes (same masking, dropout 0, one seeded synthetic batch of 16 kHz noise, 100 Hz labels, K=100):
   tiny          config/pretrain/dhubert_tiny: 2 layers x 64, 32-channel CNN; batch 4 x 1 s
@@ -42,19 +42,20 @@ SIZES: Dict[str, Dict] = {
     "tiny": dict(model=dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
                             encoder_attention_heads=2, conv_pos=16, conv_pos_groups=4, final_dim=32,
                             conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"),
-                 heads=dict(spk_layer=1, pitch_layer=2, spk_hidden_dim=32, pitch_hidden_dim=32),
+                 heads=dict(spk_layer=1, pitch_layer=2, spk_hidden_dim=32, pitch_hidden_dim=32, spk_memory_size=1024),
                  batch=4, seconds=1.0),
     "base4x256": dict(model=dict(encoder_layers=4, encoder_embed_dim=256, encoder_ffn_embed_dim=1024,
                                  encoder_attention_heads=4, conv_pos=64, conv_pos_groups=16, final_dim=128,
                                  conv_feature_layers="[(256,10,5)] + [(256,3,2)] * 4 + [(256,2,2)] * 2"),
-                      heads=dict(spk_layer=2, pitch_layer=4, spk_hidden_dim=256, pitch_hidden_dim=256),
+                      heads=dict(spk_layer=2, pitch_layer=4, spk_hidden_dim=256, pitch_hidden_dim=256,
+                                 spk_memory_size=4096),
                       batch=4, seconds=2.0),
 }
 COMMON = dict(label_rate=100.0, mask_prob=0.65, mask_length=5, dropout=0.0, attention_dropout=0.0,
               activation_dropout=0.0, dropout_input=0.0, dropout_features=0.0, encoder_layerdrop=0.0,
               feature_grad_mult=0.1, untie_final_proj=True, extractor_mode="default")
 N_CLUSTERS, N_SPEAKERS, SR = 100, 8, 16000
-ADVERSARY = dict(spk_unit="frame", spk_memory_size=4096, spk_condition=True, spk_adversary="reverse")
+ADVERSARY = dict(spk_unit="frame", spk_condition=True, spk_adversary="confusion")
 
 
 def parse_sets(items: Optional[List[str]]) -> Dict[str, object]:
@@ -210,8 +211,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=21, help="interleaved repeats (median reported)")
     p.add_argument("--steps", type=int, default=1, help="training steps per variant per repeat")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--dhubert-set", action="append", metavar="KEY=VALUE",
-                   help="model key of the dhubert variant (repeatable), e.g. spk_unit=utterance")
+    p.add_argument("--dhubert-set", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="model keys of the dhubert variant (several after one flag, or the flag repeated), "
+                        "e.g. spk_unit=utterance spk_memory_size=256")
     return p
 
 

@@ -307,10 +307,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-per-speaker", type=int, default=24, help="utterances per speaker in valid.tsv")
     p.add_argument("--n-clusters", type=int, default=100, help="k-means clusters of the labels and the PNMI probe")
     p.add_argument("--corpus-seed", type=int, default=0, help="seed of the corpus and of k-means")
-    p.add_argument("--common-set", action="append", default=None, metavar="KEY=VALUE",
-                   help="hydra override for both variants (repeatable)")
-    p.add_argument("--dhubert-set", action="append", default=None, metavar="KEY=VALUE",
-                   help="hydra override for the dhubert variant only (repeatable), e.g. model.grl_lambda_max=2")
+    p.add_argument("--common-set", action="extend", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="hydra overrides for both variants (several after one flag, or the flag repeated)")
+    p.add_argument("--dhubert-set", action="extend", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="hydra overrides for the dhubert variant only (several after one flag, or the flag "
+                        "repeated), e.g. model.grl_lambda_max=2 model.spk_adversary=reverse")
     p.add_argument("--variants", default="plain,dhubert", help="which variants to train and evaluate")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each training (default 1)")
     p.add_argument("--json", dest="json_path", default=None, help="write all results here")
