@@ -12,6 +12,7 @@ probability) for its utterance-level decision.
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fairseq_ext.modules.pooling import build_pooling
@@ -64,8 +65,12 @@ class SpeakerClassifier(nn.Module):
     def classify_frozen(self, v: torch.Tensor) -> torch.Tensor:
         """Like :meth:`classify`, but with the MLP's parameters detached: the gradient reaches ``v``
         only (the confusion adversary's encoder-side pass). v: (N, D). Returns (N, n_speakers)."""
-        params = {name: p.detach() for name, p in self.mlp.named_parameters()}
-        return torch.func.functional_call(self.mlp, params, (v,))
+        for layer in self.mlp:  # Linear layers with detached weights; ReLU and Dropout as they are
+            if isinstance(layer, nn.Linear):
+                v = F.linear(v, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
+            else:
+                v = layer(v)
+        return v
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, T, C); padding_mask: (B, T) bool, True = padding. Returns utterance-level
