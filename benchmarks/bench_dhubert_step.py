@@ -60,24 +60,13 @@ ADVERSARY = dict(spk_unit="frame", spk_condition=True, spk_adversary="confusion"
 
 def parse_sets(items: Optional[List[str]]) -> Dict[str, object]:
     """``["spk_unit=utterance", "spk_memory_size=256"]`` -> ``{"spk_unit": "utterance", "spk_memory_size": 256}``
-    (numbers and true/false converted)."""
-    out: Dict[str, object] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--dhubert-set {item!r}: expected KEY=VALUE")
-        low = raw.lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-        else:
-            try:
-                out[key] = int(raw)
-            except ValueError:
-                try:
-                    out[key] = float(raw)
-                except ValueError:
-                    out[key] = raw
-    return out
+    (values typed as hydra types them)."""
+    from omegaconf import OmegaConf
+
+    bad = [item for item in items or [] if "=" not in item]
+    if bad:
+        raise SystemExit(f"--dhubert-set {bad[0]!r}: expected KEY=VALUE")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(items or [])))
 
 
 def dictionary():

@@ -57,7 +57,7 @@ def test_criterion_passes_speakers_and_embedding_learns(task_and_batch, fixed_ma
     unused = torch.ones(grad.size(0), dtype=torch.bool)
     unused[used] = False
     assert grad[unused].abs().sum() == 0
-    assert model.spk_cond._owners == [] and model._cond_speakers is None  # nothing left for the next forward
+    assert model.spk_cond._owners == [] and model.spk_cond._speakers is None  # nothing left for the next forward
 
 
 def test_conditioning_needs_speakers(task_and_batch):  # noqa: F811

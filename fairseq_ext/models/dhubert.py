@@ -193,7 +193,6 @@ class DHubertModel(HubertModel):
             # e.g. "${common.seed}" in a config built outside hydra
             logger.warning("model.mask_seed=%r is not an integer: span masks are seeded with 1", self.mask_seed)
             self.mask_seed = 1
-        self._cond_speakers: Optional[torch.Tensor] = None  # spk_id of the running forward (spk_condition)
         self._mask_calls = 0  # apply_mask calls since the last set_num_updates (gradient accumulation, validation)
         self._mask_indices: Optional[torch.Tensor] = None
         self.pitch_adversarial = cfg.pitch_mode == "adversarial"
@@ -268,7 +267,7 @@ class DHubertModel(HubertModel):
                 x, mask_indices = super().apply_mask(x, padding_mask, target_list)
         self._mask_indices = mask_indices
         if self.spk_cond is not None:
-            self.spk_cond.plan(self._cond_speakers, padding_mask, mask_indices, self.skip_masked, self.skip_nomask)
+            self.spk_cond.plan(padding_mask, mask_indices, self.skip_masked, self.skip_nomask)
         return x, mask_indices
 
     def speaker_frames(self, frame_pad: torch.Tensor) -> torch.Tensor:
@@ -293,18 +292,17 @@ class DHubertModel(HubertModel):
         """source: (B, S) waveform; padding_mask: (B, S) bool; spk_id: (B,) speaker ids, used by
         ``spk_condition`` only. HuBERT's outputs, plus (unless ``features_only``) ``spk_logits``
         (N, n_speakers), ``pitch_pred`` (B, T, 2) and ``grl_lambda``."""
-        self._cond_speakers = None if features_only else spk_id
+        if self.spk_cond is not None:
+            self.spk_cond.start(None if features_only else spk_id)
         try:
             if features_only or self.taps is None:
                 return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
             self.taps.start()
             self._mask_indices = None
-            try:
-                result = super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
-            finally:
-                self.taps.stop()
+            result = super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
         finally:
-            self._cond_speakers = None
+            if self.taps is not None:
+                self.taps.stop()
             if self.spk_cond is not None:
                 self.spk_cond.clear()
         frame_pad = result["padding_mask"]  # (B, T)
@@ -312,12 +310,12 @@ class DHubertModel(HubertModel):
         self.grl.lambda_ = self.current_lambda()
         if self.spk_head is not None:
             h = self.taps.state_after(self.spk_layer - 1)[:, :n_frames]
+            emb, owner = self.spk_head.embed(h if self.spk_confusion else self.grl(h),
+                                             self.speaker_frames(frame_pad))  # (N, D)
             if self.spk_confusion:  # classifier on detached vectors; encoder through a frozen classifier
-                emb, owner = self.spk_head.embed(h, self.speaker_frames(frame_pad))  # (N, D)
                 result["spk_logits"] = self.spk_head.classify(emb.detach())
                 result["spk_confusion_logits"] = self.spk_head.classify_frozen(emb)
             else:
-                emb, owner = self.spk_head.embed(self.grl(h), self.speaker_frames(frame_pad))  # (N, D)
                 result["spk_logits"] = self.spk_head.classify(emb)
             result["spk_embedding"] = emb
             if owner is not None:

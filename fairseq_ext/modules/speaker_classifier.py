@@ -40,7 +40,6 @@ class SpeakerClassifier(nn.Module):
         super().__init__()
         if unit not in SPK_UNITS:
             raise ValueError(f"unit must be one of {SPK_UNITS}, got {unit!r}")
-        self.unit = unit
         self.pool = build_pooling(pooling, in_dim, hidden_dim) if unit == "utterance" else None
         self.out_dim = self.pool.out_dim if self.pool is not None else in_dim
         self.norm = RunningStandardize(self.out_dim) if standardize else nn.Identity()

@@ -9,7 +9,8 @@ speaker-dependent distinctions from the embedding. ``extract_features`` (feature
 fine-tuning) never sees the embedding.
 
 fairseq's ``HubertModel.forward`` calls ``final_proj`` on ``x[masked]`` and then on ``x[unmasked]``
-(each skipped with ``skip_masked``/``skip_nomask``). :meth:`SpeakerConditioning.plan` records, for
+(each skipped with ``skip_masked``/``skip_nomask``). :meth:`SpeakerConditioning.start` takes the
+batch's speaker ids, :meth:`SpeakerConditioning.plan` records, for
 each of those calls in order, the utterance of every selected frame; a forward pre-hook on
 ``final_proj`` then adds that utterance's speaker embedding to each row.
 """
@@ -35,13 +36,16 @@ class SpeakerConditioning(nn.Module):
         self._speakers: Optional[torch.Tensor] = None
         self._owners: List[torch.Tensor] = []
 
-    def plan(self, spk_id: Optional[torch.Tensor], padding_mask: Optional[torch.Tensor], mask: torch.Tensor,
-             skip_masked: bool, skip_nomask: bool) -> None:
-        """Prepare the next forward's projections. spk_id: (B,) or None (no conditioning);
-        padding_mask, mask: (B, T) bool (True = padding / masked)."""
+    def start(self, spk_id: Optional[torch.Tensor]) -> None:
+        """Begin a forward pass with speaker ids ``spk_id`` (B,), or None (no conditioning)."""
+        self._speakers, self._owners = spk_id, []
+
+    def plan(self, padding_mask: Optional[torch.Tensor], mask: torch.Tensor, skip_masked: bool,
+             skip_nomask: bool) -> None:
+        """Prepare this forward's projections. padding_mask, mask: (B, T) bool (True = padding /
+        masked)."""
         self._owners = []
-        self._speakers = spk_id
-        if spk_id is None:
+        if self._speakers is None:
             return
         valid = torch.ones_like(mask) if padding_mask is None else ~padding_mask
         for selected, skip in ((valid & mask, skip_masked), (valid & ~mask, skip_nomask)):
