@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from simple_kmeans.cli import run_cli
+from fairseq_ext.base.cli import run_cli
 
 logger = logging.getLogger("adversary_capacity")
 

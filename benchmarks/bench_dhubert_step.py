@@ -80,7 +80,8 @@ def dictionary():
 
 def build(variant: str, size: Dict, dhubert_set: Optional[Dict[str, object]] = None):
     """``(model, criterion)`` of one variant; ``dhubert_set`` overrides model keys of ``dhubert``."""
-    import fairseq_ext  # noqa: F401  (registers the plugin)
+    import fairseq_ext
+    fairseq_ext.register()  # tasks, models, criteria; allow-lists pickled classes
     from fairseq.criterions.hubert_criterion import HubertCriterion
     from fairseq.models.hubert.hubert import HubertConfig, HubertModel
     from fairseq_ext.criteria.dhubert import DHubertCriterion

@@ -114,7 +114,7 @@ def make_audio(folder: Path, n_utts: int, min_s: float, max_s: float, seed: int 
 
 def run_ours(reader, tsv_dir: Path, out_dir: Path, batch_seconds: float) -> Tuple[float, np.ndarray]:
     from simple_kmeans import dump_hubert_feature as dhf
-    from simple_kmeans.common import read_manifest
+    from fairseq_ext.base.manifest import read_manifest
 
     manifest = read_manifest(tsv_dir / "train.tsv")
     start = time.perf_counter()
@@ -147,7 +147,7 @@ def main() -> None:
 
     import torch
 
-    from simple_kmeans.common import setup_logging
+    from fairseq_ext.base.cli import setup_logging
     from simple_kmeans.dump_hubert_feature import HubertFeatureReader
     from tests.hubert_ckpt import BASE_SIZE, make_tiny_hubert_checkpoint
 

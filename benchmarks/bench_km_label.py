@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_kmeans import CASES, write_case  # noqa: E402
-from simple_kmeans.common import setup_logging  # noqa: E402
+from fairseq_ext.base.cli import setup_logging  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
 
     from benchmarks.reference import fairseq_example
     from simple_kmeans import dump_km_label
-    from simple_kmeans.kmeans_backends import centers_to_estimator
+    from fairseq_ext.kmeans.backends import centers_to_estimator
 
     args = get_parser().parse_args(argv)
     setup_logging("WARNING")

@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from simple_kmeans.common import NpyStreamWriter, atomic_output, setup_logging  # noqa: E402
+from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output  # noqa: E402
+from fairseq_ext.base.cli import setup_logging  # noqa: E402
 
 logger = logging.getLogger("bench_kmeans")
 
@@ -125,7 +126,7 @@ def write_case(workdir: Path, case: str, n: int, seed: int) -> Path:
 
 def worker_fairseq(feat_dir: str, k: int, seed: int) -> dict:
     from benchmarks.reference import fairseq_example
-    from simple_kmeans.kmeans_backends import inertia
+    from fairseq_ext.kmeans.backends import inertia
 
     ref = fairseq_example("simple_kmeans/learn_kmeans.py")
     feat = np.load(os.path.join(feat_dir, "train_0_1.npy"))
@@ -188,7 +189,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from simple_kmeans import kmeans_backends
+    from fairseq_ext.kmeans import backends as kmeans_backends
 
     args = get_parser().parse_args(argv)
     args.niter = args.niter or kmeans_backends.FAISS_NITER

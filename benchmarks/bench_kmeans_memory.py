@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from simple_kmeans.common import NpyStreamWriter, atomic_output, setup_logging  # noqa: E402
+from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output  # noqa: E402
+from fairseq_ext.base.cli import setup_logging  # noqa: E402
 
 logger = logging.getLogger("bench_kmeans_memory")
 

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from simple_kmeans.common import setup_logging  # noqa: E402
+from fairseq_ext.base.cli import setup_logging  # noqa: E402
 
 logger = logging.getLogger("bench_mfcc")
 

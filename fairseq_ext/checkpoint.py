@@ -144,8 +144,11 @@ def load_model(
         FileNotFoundError: ``ckpt_path`` does not exist.
         CheckpointError: the file is not a loadable checkpoint (message says why).
     """
-    import fairseq_ext  # noqa: F401  (registers the plugin)
     from fairseq import checkpoint_utils
+
+    from fairseq_ext import register
+
+    register()
 
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")

@@ -10,14 +10,14 @@ from typing import Iterable
 import torch
 
 from fairseq_ext.distributed_env import DistEnv
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("fairseq_ext.launch")
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _given(hydra_args: Iterable[str], key: str) -> bool:
+def given_override(hydra_args: Iterable[str], key: str) -> bool:
     """Whether the command line sets ``key`` (``key=``, ``+key=``, ``++key=``)."""
     return any(a.lstrip("+").split("=", 1)[0] == key for a in hydra_args if "=" in a)
 
@@ -56,7 +56,7 @@ def emulate_world_size(cfg, target: int, world_size: int) -> None:
     from omegaconf import open_dict
 
     if target < world_size or target % world_size:
-        raise PipelineError(f"--emulate-world-size {target} must be a multiple of the world size ({world_size})")
+        raise UserError(f"--emulate-world-size {target} must be a multiple of the world size ({world_size})")
     old = list(cfg.optimization.update_freq)
     with open_dict(cfg):
         cfg.optimization.update_freq = [int(u) * (target // world_size) for u in old]
@@ -75,7 +75,7 @@ def check_user_dir(cfg) -> None:
             cfg.common.user_dir = PACKAGE_DIR
         return
     if ours and os.path.realpath(user_dir) != os.path.realpath(PACKAGE_DIR):
-        raise PipelineError(
+        raise UserError(
             f"common.user_dir={user_dir} is another copy of fairseq_ext than the one running this launcher "
             f"({PACKAGE_DIR}): drop common.user_dir, or run the launcher from that tree (PYTHONPATH={os.path.dirname(os.path.normpath(user_dir))})")
 
@@ -90,6 +90,6 @@ def check_summable_criterion(cfg) -> None:
     cls = CRITERION_REGISTRY.get(name)
     if cls is not None and not cls.logging_outputs_can_be_summed():
         hint = " (use criterion hubert_summable: the same loss)" if name == "hubert" else ""
-        raise PipelineError(
+        raise UserError(
             f"criterion {name} says its logging outputs cannot be summed: fairseq then gathers them with "
             f"all_gather_list, which needs CUDA, so multi-process CPU training would crash{hint}")

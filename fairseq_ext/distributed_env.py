@@ -7,7 +7,7 @@ import os
 import subprocess
 from typing import Optional, Tuple
 
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -30,11 +30,11 @@ def torchrun_env() -> Optional[DistEnv]:
                    local_rank=int(os.environ["LOCAL_RANK"]), init_method="env://")
 
 
-def _slurm_int(*names: str) -> int:
+def slurm_int(*names: str) -> int:
     for name in names:
         if os.environ.get(name):
             return int(os.environ[name])
-    raise PipelineError(f"--slurm: ${names[0]} is not set: run this command through srun inside a SLURM job")
+    raise UserError(f"--slurm: ${names[0]} is not set: run this command through srun inside a SLURM job")
 
 
 def slurm_master(master_port: Optional[int] = None) -> Tuple[str, int]:
@@ -48,21 +48,21 @@ def slurm_master(master_port: Optional[int] = None) -> Tuple[str, int]:
     if not host:
         nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
         if not nodes:
-            raise PipelineError("--slurm: neither $MASTER_ADDR nor $SLURM_STEP_NODELIST is set")
+            raise UserError("--slurm: neither $MASTER_ADDR nor $SLURM_STEP_NODELIST is set")
         try:
             out = subprocess.run(["scontrol", "show", "hostnames", nodes], check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as e:
-            raise PipelineError(f"--slurm: cannot expand the node list {nodes!r} with scontrol ({e}): "
-                                f"set $MASTER_ADDR to the first node's address") from None
+            raise UserError(f"--slurm: cannot expand the node list {nodes!r} with scontrol ({e}): "
+                            f"set $MASTER_ADDR to the first node's address") from None
         host = out.stdout.split()[0]
     port = master_port or int(os.environ.get("MASTER_PORT") or 0)
     if not port:
-        port = 20000 + _slurm_int("SLURM_JOB_ID", "SLURM_JOBID") % 20000
+        port = 20000 + slurm_int("SLURM_JOB_ID", "SLURM_JOBID") % 20000
     return host, port
 
 
 def slurm_env(master_port: Optional[int] = None) -> DistEnv:
     """One worker per SLURM task: rank ``$SLURM_PROCID`` of ``$SLURM_STEP_NUM_TASKS``."""
     host, port = slurm_master(master_port)
-    return DistEnv(rank=_slurm_int("SLURM_PROCID"), world_size=_slurm_int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
-                   local_rank=_slurm_int("SLURM_LOCALID"), init_method=f"tcp://{host}:{port}")
+    return DistEnv(rank=slurm_int("SLURM_PROCID"), world_size=slurm_int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
+                   local_rank=slurm_int("SLURM_LOCALID"), init_method=f"tcp://{host}:{port}")

@@ -38,18 +38,19 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from fairseq_ext.checkpoint import register_safe_globals
-from fairseq_ext.distributed_config import (  # noqa: F401 (public here too)
-    PACKAGE_DIR, _given, check_summable_criterion, check_user_dir, configure_distributed, emulate_world_size,
+from fairseq_ext import register
+from fairseq_ext.distributed_config import (
+    given_override, check_summable_criterion, check_user_dir, configure_distributed, emulate_world_size,
 )
-from fairseq_ext.distributed_env import (  # noqa: F401 (public here too)
-    TORCHRUN_VARS, DistEnv, _slurm_int, slurm_env, slurm_master, torchrun_env,
+from fairseq_ext.distributed_env import (
+    DistEnv, slurm_int, slurm_env, slurm_master, torchrun_env,
 )
-from fairseq_ext.resume_guard import guard_resume, is_complete_checkpoint, resume_fallback  # noqa: F401
-from fairseq_ext.train_digest import (  # noqa: F401 (public here too)
-    _flatten, _write_json, recording_trainers, tensors_digest, trainer_digest,
+from fairseq_ext.resume_guard import guard_resume
+from fairseq_ext.train_digest import (
+    write_json, recording_trainers, trainer_digest,
 )
-from simple_kmeans.common import PipelineError, run_cli
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("fairseq_ext.launch")
 
@@ -74,7 +75,7 @@ def train(cfg, opts: WorkerOptions, backend_given: bool = False) -> None:
     from fairseq_cli.hydra_train import _hydra_main
 
     check_user_dir(cfg)
-    register_safe_globals()  # also for runs whose ranks fairseq infers (SLURM, submitit)
+    register()  # fairseq skips a user dir that is already imported (this module's package)
     env = opts.env
     if env is not None:
         configure_distributed(cfg, env, "keep" if backend_given else opts.backend)
@@ -92,7 +93,7 @@ def train(cfg, opts: WorkerOptions, backend_given: bool = False) -> None:
             raise RuntimeError("fairseq_cli.train.main built no Trainer: nothing to digest")
         rank = env.rank if env is not None else 0
         digest = {"rank": rank, "world_size": env.world_size if env is not None else 1, **trainer_digest(trainers[-1])}
-        _write_json(os.path.join(opts.digest_dir, f"rank{rank}.json"), digest)
+        write_json(os.path.join(opts.digest_dir, f"rank{rank}.json"), digest)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
@@ -118,11 +119,11 @@ def run_hydra(hydra_args: List[str], opts: WorkerOptions) -> None:
         from fairseq_ext.paths import config_dir
 
         args = ["--config-dir", str(config_dir("pretrain"))] + args
-    if not _given(args, "hydra.job.name"):
+    if not given_override(args, "hydra.job.name"):
         args.append("hydra.job.name=hydra_train")  # log file hydra_train.log, like fairseq-hydra-train
-    if opts.env is not None and opts.env.rank > 0 and not _given(args, "hydra.output_subdir"):
+    if opts.env is not None and opts.env.rank > 0 and not given_override(args, "hydra.output_subdir"):
         args.append("hydra.output_subdir=null")  # rank 0 writes .hydra/
-    backend_given = _given(args, "distributed_training.distributed_backend")
+    backend_given = given_override(args, "distributed_training.distributed_backend")
     hydra_init(_option(args, "--config-name", "-cn") or "config")
 
     def hydra_task(cfg) -> None:
@@ -177,7 +178,7 @@ def spawn_local(nproc: int, worker_args: List[str], hydra_args: List[str], max_r
         argv.append("--standalone")
     else:
         if max_restarts:
-            raise PipelineError("--max-restarts works on one node only: on SLURM, requeue the job instead")
+            raise UserError("--max-restarts works on one node only: on SLURM, requeue the job instead")
         argv += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master[0]}",
                  f"--master-port={master[1]}"]
     argv += ["--module", "fairseq_ext.launch", *worker_args, "--", *hydra_args]
@@ -189,7 +190,7 @@ def spawn_local(nproc: int, worker_args: List[str], hydra_args: List[str], max_r
         except ChildFailedError as e:
             failures = ", ".join(f"rank {r}: exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
             if attempt == max_restarts:
-                raise PipelineError(f"training failed ({failures}); see the workers' messages above") from None
+                raise UserError(f"training failed ({failures}); see the workers' messages above") from None
             logger.warning("training failed (%s): restart %d of %d, resuming from checkpoint_last.pt", failures,
                            attempt + 1, max_restarts)
 
@@ -228,10 +229,10 @@ def main(nproc_per_node: str = "1", slurm: bool = False, master_port: Optional[i
     if hydra_args[:1] == ["--"]:
         hydra_args = hydra_args[1:]
     if not any(_option(hydra_args, n) is not None for n in ("--config-name", "-cn")):
-        raise PipelineError("give fairseq-hydra-train's arguments after '--', at least --config-name NAME")
+        raise UserError("give fairseq-hydra-train's arguments after '--', at least --config-name NAME")
     nproc = torch.cuda.device_count() if nproc_per_node == "gpu" else int(nproc_per_node)
     if nproc < 1:
-        raise PipelineError(f"--nproc-per-node must be >= 1 (got {nproc_per_node}; 'gpu' found no GPU)")
+        raise UserError(f"--nproc-per-node must be >= 1 (got {nproc_per_node}; 'gpu' found no GPU)")
     digest_dir = os.path.abspath(dump_param_digest) if dump_param_digest else None
     opts = WorkerOptions(backend=backend, emulate_world_size=emulate_world_size, digest_dir=digest_dir)
     worker_args = [f"--backend={backend}"]
@@ -242,21 +243,21 @@ def main(nproc_per_node: str = "1", slurm: bool = False, master_port: Optional[i
 
     env = torchrun_env()
     if (env is not None or slurm or nproc > 1) and ("-m" in hydra_args or "--multirun" in hydra_args):
-        raise PipelineError("hydra's --multirun starts its own jobs (submitit: one per SLURM task): "
-                            "use it without --nproc-per-node / --slurm / torchrun")
+        raise UserError("hydra's --multirun starts its own jobs (submitit: one per SLURM task): "
+                        "use it without --nproc-per-node / --slurm / torchrun")
     if env is not None:  # a worker started by torchrun (ours or the user's)
         die_with_launcher()
         opts.env = env
         return run_hydra(hydra_args, opts)
     if slurm:
-        tasks = _slurm_int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
-        nodes = _slurm_int("SLURM_STEP_NUM_NODES", "SLURM_NNODES")
+        tasks = slurm_int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+        nodes = slurm_int("SLURM_STEP_NUM_NODES", "SLURM_NNODES")
         if nproc > 1:  # one task per node starts the node's workers
             if tasks != nodes:
-                raise PipelineError(f"--slurm --nproc-per-node {nproc} needs one SLURM task per node "
-                                    f"({tasks} tasks on {nodes} nodes): use srun --ntasks-per-node 1")
+                raise UserError(f"--slurm --nproc-per-node {nproc} needs one SLURM task per node "
+                                f"({tasks} tasks on {nodes} nodes): use srun --ntasks-per-node 1")
             return spawn_local(nproc, worker_args, hydra_args, max_restarts, nnodes=nodes,
-                               node_rank=_slurm_int("SLURM_NODEID"), master=slurm_master(master_port))
+                               node_rank=slurm_int("SLURM_NODEID"), master=slurm_master(master_port))
         opts.env = slurm_env(master_port)
         return run_hydra(hydra_args, opts)
     if int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1) > 1:

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from fairseq_ext.checkpoint import register_safe_globals
 from fairseq_ext.modules.pase_encoder import PaseEncoder
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 
 class PaseFeatureExtractor(nn.Module):
@@ -69,14 +69,14 @@ def build_pase_feature_extractor(ckpt_path: str, device: str | torch.device = "c
     from fairseq_ext.models.pase import encoder_from_cfg
 
     if not os.path.isfile(ckpt_path):
-        raise PipelineError(f"checkpoint {ckpt_path} does not exist")
+        raise UserError(f"checkpoint {ckpt_path} does not exist")
     register_safe_globals()
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     cfg = (state.get("cfg") or {}).get("model") if isinstance(state, dict) else None
     if not cfg or cfg.get("_name") != "pase":
         name = cfg.get("_name") if cfg else "unknown"
-        raise PipelineError(f"{ckpt_path} is not a PASE checkpoint (model: {name}); train one with "
-                            f"task=pase_pretraining model=pase")
+        raise UserError(f"{ckpt_path} is not a PASE checkpoint (model: {name}); train one with "
+                        f"task=pase_pretraining model=pase")
     cfg = dict(cfg)
     if not isinstance(cfg.get("sample_rate"), int):  # unresolved interpolation in old configs
         cfg["sample_rate"] = int((state["cfg"].get("task") or {}).get("sample_rate", 16000))

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simple_kmeans.common import PipelineError, progress
+from fairseq_ext.base.cli import progress
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class LayerFeatureExtractor:
         if hasattr(model, "w2v_encoder"):  # fine-tuned HubertCtc / HubertSeq2Seq
             model = model.w2v_encoder.w2v_model
         if not hasattr(model, "encoder") or not hasattr(model.encoder, "layers"):
-            raise PipelineError(f"{type(model).__name__} is not a HuBERT-family model (no encoder.layers)")
+            raise UserError(f"{type(model).__name__} is not a HuBERT-family model (no encoder.layers)")
         self.model = model.eval()
         self.normalize = normalize
         self.device = next(model.parameters()).device
@@ -70,7 +71,7 @@ class LayerFeatureExtractor:
         try:
             model, _, task = load_model(ckpt_path, device=device, trusted=trusted)
         except (FileNotFoundError, CheckpointError) as e:
-            raise PipelineError(str(e)) from None
+            raise UserError(str(e)) from None
         return cls(model, bool(getattr(task.cfg, "normalize", False)))
 
     def num_frames(self, n_samples: int) -> int:
@@ -87,8 +88,8 @@ class LayerFeatureExtractor:
         """``wav`` (S,) float waveform -> ``{layer: (T, C) float32}`` for the requested layers."""
         for layer in layers:
             if not 0 <= layer <= self.n_layers:
-                raise PipelineError(f"layer {layer} is out of range: the model has {self.n_layers} layers "
-                                    f"(0 = transformer input)")
+                raise UserError(f"layer {layer} is out of range: the model has {self.n_layers} layers "
+                                f"(0 = transformer input)")
         if self.num_frames(len(wav)) == 0:  # shorter than the CNN's receptive field
             dim = self.model.encoder.embedding_dim
             return {layer: np.zeros((0, dim), dtype=np.float32) for layer in layers}
@@ -112,8 +113,8 @@ class LayerFeatureExtractor:
                 h.remove()
         results = captured.get("layers")
         if not isinstance(results, list) or len(results) != self.n_layers:
-            raise PipelineError(f"{type(self.model).__name__}'s encoder did not return one result per layer; "
-                                f"this model cannot be probed")
+            raise UserError(f"{type(self.model).__name__}'s encoder did not return one result per layer; "
+                            f"this model cannot be probed")
         out = {}
         for layer in layers:
             x = captured["input"][0] if layer == 0 else results[layer - 1][0][:, 0]
@@ -132,7 +133,7 @@ def speaker_split(speakers: Sequence[str], test_fraction: float = 0.25, seed: in
     Returns ``(train_idx, test_idx)``, sorted.
     """
     if not 0 < test_fraction < 1:
-        raise PipelineError(f"--test-fraction must be in (0, 1), got {test_fraction}")
+        raise UserError(f"--test-fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
     names = np.asarray(speakers)
     train, test = [], []
@@ -163,7 +164,7 @@ def speaker_id_probe(feats: np.ndarray, speakers: Sequence[str], train_idx: np.n
 
     names = np.asarray(speakers)
     if len(test_idx) == 0 or len(set(names[train_idx])) < 2:
-        raise PipelineError("the speaker probe needs at least 2 speakers with 2 or more utterances each")
+        raise UserError("the speaker probe needs at least 2 speakers with 2 or more utterances each")
     x = np.asarray(feats, dtype=np.float64)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
     clf.fit(x[train_idx], names[train_idx])
@@ -184,11 +185,11 @@ def speaker_id_probe(feats: np.ndarray, speakers: Sequence[str], train_idx: np.n
 
 def fit_codebook(frames: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
     """k-means centers (K, C) of ``frames`` (N, C), as the label pipeline learns them."""
-    from simple_kmeans.kmeans_backends import fit_faiss
+    from fairseq_ext.kmeans.backends import fit_faiss
 
     if len(frames) < n_clusters:
-        raise PipelineError(f"k-means with {n_clusters} clusters needs at least that many frames, got "
-                            f"{len(frames)}: lower --n-clusters or probe more audio")
+        raise UserError(f"k-means with {n_clusters} clusters needs at least that many frames, got "
+                        f"{len(frames)}: lower --n-clusters or probe more audio")
     km, _ = fit_faiss(np.ascontiguousarray(frames, dtype=np.float32), n_clusters, seed=seed)
     return np.asarray(km.cluster_centers_, dtype=np.float32)
 
@@ -212,14 +213,14 @@ def code_metrics(codes: Dict[str, np.ndarray], phones: Optional[Dict[str, Sequen
     Codes are repeated ``phone_upsample`` times to the phone frame rate (fairseq's ``--upsample``)
     and both sequences cropped to the shorter, as ``measure_teacher_quality.py`` does.
     """
-    from simple_kmeans.measure_quality import pad_and_upsample, quality_metrics
+    from fairseq_ext.label_quality import pad_and_upsample, quality_metrics
 
     out: Dict[str, float] = {}
     if phones is not None:
         hyps = {u: pad_and_upsample(c, 0, phone_upsample) for u, c in codes.items() if u in phones}
         if not hyps:
-            raise PipelineError("no probed utterance has phone references: check that the uids in --phones "
-                                "are the audio file basenames without extension")
+            raise UserError("no probed utterance has phone references: check that the uids in --phones "
+                            "are the audio file basenames without extension")
         if len(hyps) < len(codes):
             logger.warning("%d of %d probed utterances have no phone reference; PNMI uses the other %d",
                            len(codes) - len(hyps), len(codes), len(hyps))
@@ -269,7 +270,7 @@ def run_probe(uids: Sequence[str], extract: FeatureFn, layers: Sequence[int],
     use_kmeans = phones is not None or (opt.speaker_purity and speakers is not None)
     n = len(uids)
     if speakers is not None and len(speakers) != n:
-        raise PipelineError(f"{len(speakers)} speaker labels for {n} utterances")
+        raise UserError(f"{len(speakers)} speaker labels for {n} utterances")
     rng = np.random.default_rng(opt.seed)
     keep_p = 1.0
     if use_kmeans and expected_frames:

@@ -8,7 +8,7 @@ import os
 import zipfile
 from typing import Optional
 
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("fairseq_ext.launch")
 
@@ -31,7 +31,7 @@ def resume_fallback(save_dir: str, suffix: str = "") -> Optional[str]:
     ``checkpoint*{suffix}.pt`` of ``save_dir`` (the copy's source).
 
     Raises:
-        PipelineError: checkpoint_last is incomplete and no complete checkpoint is left.
+        UserError: checkpoint_last is incomplete and no complete checkpoint is left.
     """
     last = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
     if not os.path.isfile(last) or is_complete_checkpoint(last):
@@ -42,8 +42,8 @@ def resume_fallback(save_dir: str, suffix: str = "") -> Optional[str]:
         if is_complete_checkpoint(path):
             logger.warning("%s is incomplete (killed while fairseq copied it?): resuming from %s", last, path)
             return path
-    raise PipelineError(f"{last} is incomplete (killed while it was written?) and {save_dir} holds no other complete "
-                        f"checkpoint: move it away to start from scratch")
+    raise UserError(f"{last} is incomplete (killed while it was written?) and {save_dir} holds no other complete "
+                    f"checkpoint: move it away to start from scratch")
 
 
 def guard_resume(cfg) -> None:

@@ -76,7 +76,7 @@ def recording_trainers() -> Iterator[List[Any]]:
         train_cli.Trainer = base_cls
 
 
-def _write_json(path: str, data: Dict[str, Any]) -> None:
+def write_json(path: str, data: Dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)

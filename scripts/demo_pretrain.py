@@ -55,8 +55,11 @@ REPO = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # run from a checkout: use its packages, not a stale installed copy
     sys.path.insert(0, str(REPO))
 
-from simple_kmeans.common import PipelineError, atomic_output, read_manifest, run_cli  # noqa: E402
-from simple_kmeans.runner import digest as signature, file_digest  # noqa: E402
+from fairseq_ext.base.atomic import atomic_output  # noqa: E402
+from fairseq_ext.base.cli import run_cli  # noqa: E402
+from fairseq_ext.base.errors import UserError  # noqa: E402
+from fairseq_ext.base.manifest import read_manifest  # noqa: E402
+from fairseq_ext.base.steps import digest as signature, file_digest  # noqa: E402
 
 logger = logging.getLogger("demo_pretrain")
 
@@ -109,7 +112,7 @@ def folder_lock(folder: Path, what: str, wait: bool = False) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise PipelineError(f"another process is {what} in {folder}; wait for it to finish") from None
+            raise UserError(f"another process is {what} in {folder}; wait for it to finish") from None
         yield
 
 
@@ -123,8 +126,8 @@ def check_demo_dir(demo_dir: Path) -> Dict[str, Path]:
     needed += [paths["labels"] / "dict.km.txt", paths["corpus"] / "speakers.tsv"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise PipelineError(f"{demo_dir} is not a finished label-pipeline demo folder (missing {', '.join(missing)}): "
-                            f"run `python -m simple_kmeans.pipeline --demo {demo_dir}` first")
+        raise UserError(f"{demo_dir} is not a finished label-pipeline demo folder (missing {', '.join(missing)}): "
+                        f"run `python -m simple_kmeans.pipeline --demo {demo_dir}` first")
     return paths
 
 
@@ -136,14 +139,14 @@ def detect_label_rate(tsv_dir: Path, label_dir: Path, split: str = "train", labe
     lab_path = label_dir / f"{split}.{label}"
     lines = lab_path.read_text().splitlines()
     if len(lines) != len(manifest):
-        raise PipelineError(f"{lab_path} has {len(lines)} lines but {manifest.path} lists {len(manifest)} files: "
-                            f"the labels were made from another manifest; rerun the label pipeline")
+        raise UserError(f"{lab_path} has {len(lines)} lines but {manifest.path} lists {len(manifest)} files: "
+                        f"the labels were made from another manifest; rerun the label pipeline")
     for rate in (100, 50):
         if all(abs(len(line.split()) - num_frames(e.n_samples, rate)) <= 2 for e, line in zip(manifest.entries, lines)):
             return rate
     e, line = manifest.entries[0], lines[0]
-    raise PipelineError(f"{lab_path}:1: {len(line.split())} labels for {e.n_samples} samples fit neither 100 Hz "
-                        f"({num_frames(e.n_samples, 100)} frames) nor 50 Hz ({num_frames(e.n_samples, 50)}) labels")
+    raise UserError(f"{lab_path}:1: {len(line.split())} labels for {e.n_samples} samples fit neither 100 Hz "
+                    f"({num_frames(e.n_samples, 100)} frames) nor 50 Hz ({num_frames(e.n_samples, 50)}) labels")
 
 
 def prepare_speakers(stamps: Stamps, tsv_dir: Path, table: Path, spk_dir: Path,
@@ -215,8 +218,8 @@ def checkpoint_updates(ckpt: Path) -> int:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         return int(state["optimizer_history"][-1]["num_updates"])
     except Exception as e:  # a half-written or foreign file: say which and what to do
-        raise PipelineError(f"cannot read the update count of {ckpt} ({type(e).__name__}: {e}): remove it or "
-                            f"rerun with --force") from None
+        raise UserError(f"cannot read the update count of {ckpt} ({type(e).__name__}: {e}): remove it or "
+                        f"rerun with --force") from None
 
 
 def hydra_train_command(config_name: str, overrides: Sequence[str], config_dir: Path = CONFIG_DIR) -> List[str]:
@@ -253,8 +256,8 @@ def _train_locked(stamps: Stamps, name: str, run_dir: Path, ckpt: Path, sig: str
                   max_update: int, config_name: str, threads: Optional[int],
                   timeout: Optional[float]) -> Dict[str, object]:
     if ckpt.exists() and stamps.read(name) != sig:
-        raise PipelineError(f"{ckpt} was trained on other inputs or settings than this run's: remove {run_dir} "
-                            f"or rerun with --force to start over")
+        raise UserError(f"{ckpt} was trained on other inputs or settings than this run's: remove {run_dir} "
+                        f"or rerun with --force to start over")
     log_path = run_dir / "train.log"
     done = checkpoint_updates(ckpt) if ckpt.exists() else 0
     start, skipped = time.perf_counter(), done >= max_update
@@ -276,15 +279,15 @@ def _train_locked(stamps: Stamps, name: str, run_dir: Path, ckpt: Path, sig: str
                 proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       timeout=timeout)
             except subprocess.TimeoutExpired:
-                raise PipelineError(f"{name}: training did not finish in {timeout:.0f} s; rerun to resume "
-                                    f"from {ckpt}") from None
+                raise UserError(f"{name}: training did not finish in {timeout:.0f} s; rerun to resume "
+                                f"from {ckpt}") from None
         if proc.returncode != 0:
             tail = log_path.read_text().splitlines()[-25:]
-            raise PipelineError(f"{name}: fairseq-hydra-train failed with status {proc.returncode}; last lines "
-                                f"of {log_path}:\n" + "\n".join(tail))
+            raise UserError(f"{name}: fairseq-hydra-train failed with status {proc.returncode}; last lines "
+                            f"of {log_path}:\n" + "\n".join(tail))
         done = checkpoint_updates(ckpt) if ckpt.exists() else 0
         if done < max_update:
-            raise PipelineError(f"{name}: training stopped at {done} of {max_update} updates; see {log_path}")
+            raise UserError(f"{name}: training stopped at {done} of {max_update} updates; see {log_path}")
     records = parse_log(log_path.read_text()) if log_path.exists() else []
     return {"ckpt": ckpt, "updates": done, "records": records, "seconds": time.perf_counter() - start,
             "skipped": skipped}
@@ -364,7 +367,7 @@ def main(demo_dir: str, max_update: int = 3000, threads: Optional[int] = None, f
     from omegaconf import OmegaConf
 
     if max_update < 1:
-        raise PipelineError(f"--max-update must be >= 1, got {max_update}")
+        raise UserError(f"--max-update must be >= 1, got {max_update}")
     demo = Path(demo_dir).resolve()
     paths = check_demo_dir(demo)
     out = demo / "dhubert"

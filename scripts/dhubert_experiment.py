@@ -49,7 +49,10 @@ if __name__ == "__main__":  # run from a checkout: use its packages, not a stale
     sys.path.insert(0, str(REPO))
 
 from simple_kmeans.cli import load_script  # noqa: E402
-from simple_kmeans.common import PipelineError, atomic_output, read_manifest, run_cli  # noqa: E402
+from fairseq_ext.base.atomic import atomic_output  # noqa: E402
+from fairseq_ext.base.cli import run_cli  # noqa: E402
+from fairseq_ext.base.errors import UserError  # noqa: E402
+from fairseq_ext.base.manifest import read_manifest  # noqa: E402
 
 
 dp = load_script(__file__, "demo_pretrain")
@@ -86,8 +89,8 @@ def write_manifests(corpus: Path, man: Path, heldout: int) -> Path:
     for spk_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         wavs = sorted(spk_dir.glob("*.wav"))
         if len(wavs) <= heldout or heldout < 2:
-            raise PipelineError(f"{spk_dir} has {len(wavs)} utterances: need more than --heldout-per-speaker "
-                                f"{heldout} (>= 2)")
+            raise UserError(f"{spk_dir} has {len(wavs)} utterances: need more than --heldout-per-speaker "
+                            f"{heldout} (>= 2)")
         for i, wav in enumerate(wavs):
             split = "valid" if i >= len(wavs) - heldout else "train"
             lines[split].append(f"{wav.relative_to(root)}\t{sf.info(str(wav)).frames}\n")
@@ -136,8 +139,9 @@ def evaluate(ckpt: Path, man: Path, spk_file: Path, phones: Path, pitch50: Path,
     """Per-layer speaker probe, PNMI and pitch probe on the held-out manifest (valid.tsv)."""
     from fairseq_ext.probe import LayerFeatureExtractor, assign_codes, code_metrics, fit_codebook, \
         speaker_id_probe, speaker_split
-    from simple_kmeans.common import load_feat_shard, read_audio
-    from simple_kmeans.measure_quality import read_phones
+    from fairseq_ext.base.manifest import read_audio
+    from fairseq_ext.base.shards import load_feat_shard
+    from fairseq_ext.label_quality import read_phones
     from simple_kmeans.speaker_labels import read_spk_file
 
     manifest = read_manifest(man / "valid.tsv")
@@ -241,7 +245,7 @@ def main(out_dir: str, max_update: int = 1500, seeds: str = "1", n_speakers: int
                          cfg.model.spk_layer))
     wanted = [v for v in variants.split(",") if v]
     if not wanted or set(wanted) - {"plain", "dhubert"}:
-        raise PipelineError(f"--variants {variants!r}: choose from plain,dhubert")
+        raise UserError(f"--variants {variants!r}: choose from plain,dhubert")
     # run dirs: {variant}[_{dhubert settings}][_{shared settings}]_s{seed}, so that other settings never
     # collide with earlier runs (the defaults keep the short names)
     shared = f"_{dp.signature([max_update, common_set])[:6]}" if (max_update != 1500 or common_set) else ""

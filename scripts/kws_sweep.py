@@ -46,8 +46,10 @@ if __name__ == "__main__":  # run from a checkout: use its packages, not a stale
     sys.path.insert(0, str(REPO))
 
 from simple_kmeans.cli import load_script  # noqa: E402
-from simple_kmeans.common import PipelineError, atomic_output, run_cli  # noqa: E402
-from simple_kmeans.runner import digest as signature  # noqa: E402
+from fairseq_ext.base.atomic import atomic_output  # noqa: E402
+from fairseq_ext.base.cli import run_cli  # noqa: E402
+from fairseq_ext.base.errors import UserError  # noqa: E402
+from fairseq_ext.base.steps import digest as signature  # noqa: E402
 
 logger = logging.getLogger("kws_sweep")
 
@@ -114,16 +116,16 @@ def hydra_train(run_dir: Path, config_dir: Path, config_name: str, overrides: Se
         try:
             proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise PipelineError(f"{run_dir.name}: training did not finish in {timeout:.0f} s (log: {log_path})") from None
+            raise UserError(f"{run_dir.name}: training did not finish in {timeout:.0f} s (log: {log_path})") from None
     seconds = time.perf_counter() - start
     text = log_path.read_text()
     if proc.returncode != 0:
-        raise PipelineError(f"{run_dir.name}: fairseq-hydra-train failed with status {proc.returncode}; last lines "
-                            f"of {log_path}:\n" + "\n".join(text.splitlines()[-25:]))
+        raise UserError(f"{run_dir.name}: fairseq-hydra-train failed with status {proc.returncode}; last lines "
+                        f"of {log_path}:\n" + "\n".join(text.splitlines()[-25:]))
     valid = [[int(float(r["valid_num_updates"])), float(r["valid_accuracy"])]
              for r in parse_log(text) if r["kind"] == "valid" and "valid_accuracy" in r]
     if not valid or not ckpt.is_file():
-        raise PipelineError(f"{run_dir.name}: no validation accuracy or no {ckpt.name} after training; see {log_path}")
+        raise UserError(f"{run_dir.name}: no validation accuracy or no {ckpt.name} after training; see {log_path}")
     result = {"signature": sig, "valid": valid, "best_valid": max(a for _, a in valid), "final_valid": valid[-1][1],
               "seconds": round(seconds, 1), "ckpt": str(ckpt), "command": cmd}
     with atomic_output(done_path) as f:
@@ -200,7 +202,7 @@ def _ints(text: str, what: str) -> List[int]:
     try:
         return [int(s) for s in str(text).split(",") if s.strip()]
     except ValueError:
-        raise PipelineError(f"{what} {text!r}: give comma-separated integers") from None
+        raise UserError(f"{what} {text!r}: give comma-separated integers") from None
 
 
 def main(out_dir: str, settings: str = "A,B,C,D", n_mels: str = "10,40", seeds: str = "1,2",
@@ -210,17 +212,17 @@ def main(out_dir: str, settings: str = "A,B,C,D", n_mels: str = "10,40", seeds: 
     """Run the sweep (see the module docstring); returns ``{"rows": [...], "report": str}``."""
     wanted = [s.strip().upper() for s in settings.split(",") if s.strip()]
     if not wanted or any(s not in SETTINGS for s in wanted):
-        raise PipelineError(f"--settings {settings!r}: choose from A,B,C,D")
+        raise UserError(f"--settings {settings!r}: choose from A,B,C,D")
     mels, seed_list = _ints(n_mels, "--n-mels"), _ints(seeds, "--seeds")
     if not mels or not seed_list:
-        raise PipelineError("--n-mels and --seeds must not be empty")
+        raise UserError("--n-mels and --seeds must not be empty")
     if max_update < 1:
-        raise PipelineError(f"--max-update must be >= 1, got {max_update}")
+        raise UserError(f"--max-update must be >= 1, got {max_update}")
     if quick:
         config, max_update = "tiny", min(max_update, 4)
     config_dir = REPO / "config" / "kws"
     if not (config_dir / f"{config}.yaml").is_file():
-        raise PipelineError(f"--config {config}: no {config_dir / (config + '.yaml')}")
+        raise UserError(f"--config {config}: no {config_dir / (config + '.yaml')}")
     out = Path(out_dir).resolve()
     corpus_kw = dict(QUICK_CORPUS) if quick else {"voices": voices}
     corpus = sibling("make_kws_corpus").main(str(out / "corpus"), **corpus_kw)

@@ -46,7 +46,9 @@ import numpy as np
 if __name__ == "__main__":  # run from a checkout: use its packages, not a stale installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simple_kmeans.common import PipelineError, atomic_output, progress, run_cli  # noqa: E402
+from fairseq_ext.base.atomic import atomic_output  # noqa: E402
+from fairseq_ext.base.cli import progress, run_cli  # noqa: E402
+from fairseq_ext.base.errors import UserError  # noqa: E402
 from simple_kmeans.make_demo_corpus import (  # noqa: E402
     FRAME_RATE, PHONES, glottal_source, make_speaker, render_phones,
 )
@@ -133,9 +135,9 @@ def _parse_range(text: str) -> Tuple[float, float]:
     try:
         lo, hi = (float(parts[0]), float(parts[-1]))
     except (ValueError, IndexError):
-        raise PipelineError(f"--snr-db {text!r}: give LOW,HIGH in dB, e.g. 5,25") from None
+        raise UserError(f"--snr-db {text!r}: give LOW,HIGH in dB, e.g. 5,25") from None
     if lo > hi:
-        raise PipelineError(f"--snr-db {text!r}: LOW must not exceed HIGH")
+        raise UserError(f"--snr-db {text!r}: LOW must not exceed HIGH")
     return lo, hi
 
 
@@ -146,15 +148,15 @@ def main(out_dir: str, keywords: int = 10, voices: int = 128, takes: int = 2, va
     import soundfile as sf
 
     if not 2 <= keywords <= len(KEYWORDS):
-        raise PipelineError(f"--keywords must be in 2..{len(KEYWORDS)}, got {keywords}")
+        raise UserError(f"--keywords must be in 2..{len(KEYWORDS)}, got {keywords}")
     if takes < 1 or valid_voices < 0 or test_voices < 0:
-        raise PipelineError("--takes must be >= 1, --valid-voices and --test-voices >= 0")
+        raise UserError("--takes must be >= 1, --valid-voices and --test-voices >= 0")
     n_train = voices - valid_voices - test_voices
     if n_train < 1:
-        raise PipelineError(f"--voices {voices} leaves no training voice after {valid_voices} validation and "
-                            f"{test_voices} test voices")
+        raise UserError(f"--voices {voices} leaves no training voice after {valid_voices} validation and "
+                        f"{test_voices} test voices")
     if duration < 0.5:
-        raise PipelineError(f"--duration {duration}: clips must be at least 0.5 s long")
+        raise UserError(f"--duration {duration}: clips must be at least 0.5 s long")
     snr = _parse_range(snr_db)
     out = Path(out_dir)
     words = KEYWORDS[:keywords]

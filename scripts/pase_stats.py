@@ -31,7 +31,9 @@ if __name__ == "__main__":  # run from a checkout: use its packages, not a stale
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from simple_kmeans.common import PipelineError, atomic_output, progress, run_cli  # noqa: E402
+from fairseq_ext.base.atomic import atomic_output  # noqa: E402
+from fairseq_ext.base.cli import progress, run_cli  # noqa: E402
+from fairseq_ext.base.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("pase_stats")
 
@@ -45,15 +47,15 @@ def load_config(config: str, overrides: Optional[List[str]] = None):
     from omegaconf import OmegaConf
 
     if not os.path.isfile(config):
-        raise PipelineError(f"config {config} does not exist")
+        raise UserError(f"config {config} does not exist")
     cfg = OmegaConf.load(config)
     if "defaults" in cfg:
-        raise PipelineError(f"{config} has a hydra defaults list; give a self-contained config (like "
-                            f"config/pretrain/pase.yaml) or pass the keys it inherits with --set")
+        raise UserError(f"{config} has a hydra defaults list; give a self-contained config (like "
+                        f"config/pretrain/pase.yaml) or pass the keys it inherits with --set")
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides or []))
     except Exception as e:  # hydra raises OverrideParseException and friends
-        raise PipelineError(f"bad --set override: {e}") from None
+        raise UserError(f"bad --set override: {e}") from None
     for o in parsed:
         key = o.key_or_group
         if o.is_delete():
@@ -88,10 +90,10 @@ def main(manifest_dir: str, out_json: str, config: str, split: str = "train", ma
         workers = {name: build_worker(name, entry, emb_dim=emb_dim, sample_rate=sample_rate, hop=hop)
                    for name, entry in entries.items() if entry is not None}
     except ValueError as e:
-        raise PipelineError(f"{config}: {e}") from None
+        raise UserError(f"{config}: {e}") from None
     regressors = {n: w for n, w in workers.items() if isinstance(w, RegressorWorker) and w.normalise_target}
     if not regressors:
-        raise PipelineError(f"{config}: model.workers has no worker with normalised targets")
+        raise UserError(f"{config}: model.workers has no worker with normalised targets")
 
     dataset = PaseChunkDataset(
         os.path.join(manifest_dir, f"{split}.tsv"), sample_rate=sample_rate, chunk_size=chunk_size,
@@ -121,7 +123,7 @@ def main(manifest_dir: str, out_json: str, config: str, split: str = "train", ma
                 sums[name] += target.sum(0)
                 sqs[name] += (target ** 2).sum(0)
     if frames == 0:
-        raise PipelineError(f"{manifest_dir}/{split}.tsv: no valid frames to compute statistics on")
+        raise UserError(f"{manifest_dir}/{split}.tsv: no valid frames to compute statistics on")
     out: Dict[str, Any] = {"version": 1, "config": os.path.abspath(config),
                            "manifest": os.path.abspath(os.path.join(manifest_dir, f"{split}.tsv")),
                            "chunk_size": chunk_size, "sample_rate": sample_rate, "chunks": int(len(indices)),
@@ -130,7 +132,7 @@ def main(manifest_dir: str, out_json: str, config: str, split: str = "train", ma
         mean = sums[name] / frames
         std = (sqs[name] / frames - mean ** 2).clamp(min=0).sqrt()
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
-            raise PipelineError(f"worker {name}: non-finite target statistics; check the audio for NaN/Inf")
+            raise UserError(f"worker {name}: non-finite target statistics; check the audio for NaN/Inf")
         out["workers"][name] = {"signature": worker.target_signature(), "dim": worker.target_dim,
                                 "frames": frames, "mean": mean.tolist(), "std": std.tolist()}
     with atomic_output(out_json) as f:

@@ -37,7 +37,10 @@ from typing import List, Optional
 if __name__ == "__main__":  # run from a checkout: use its packages, not a stale installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simple_kmeans.common import PipelineError, atomic_output, read_audio, read_manifest, run_cli  # noqa: E402
+from fairseq_ext.base.atomic import atomic_output  # noqa: E402
+from fairseq_ext.base.cli import run_cli  # noqa: E402
+from fairseq_ext.base.errors import UserError  # noqa: E402
+from fairseq_ext.base.manifest import read_audio, read_manifest  # noqa: E402
 
 logger = logging.getLogger("probe")
 
@@ -49,10 +52,10 @@ def parse_layers(spec: str, n_layers: int) -> List[int]:
     try:
         layers = sorted({int(s) for s in spec.split(",") if s.strip()})
     except ValueError:
-        raise PipelineError(f"--layers must be 'all' or comma-separated integers, got {spec!r}") from None
+        raise UserError(f"--layers must be 'all' or comma-separated integers, got {spec!r}") from None
     bad = [layer for layer in layers if not 0 <= layer <= n_layers]
     if not layers or bad:
-        raise PipelineError(f"--layers {spec!r}: the model has layers 1..{n_layers} (0 = transformer input)")
+        raise UserError(f"--layers {spec!r}: the model has layers 1..{n_layers} (0 = transformer input)")
     return layers
 
 
@@ -64,19 +67,19 @@ def main(tsv: str, ckpt: str, layers: str = "all", spk_file: Optional[str] = Non
     import torch
 
     from fairseq_ext.probe import LayerFeatureExtractor, ProbeOptions, format_table, run_probe
-    from simple_kmeans.measure_quality import read_phones
+    from fairseq_ext.label_quality import read_phones
     from simple_kmeans.speaker_labels import read_spk_file, speakers_from_table
 
     if spk_file is None and speakers is None and phones is None:
-        raise PipelineError("nothing to probe: give --spk-file or --speakers, and/or --phones")
+        raise UserError("nothing to probe: give --spk-file or --speakers, and/or --phones")
     if speaker_purity and spk_file is None and speakers is None:
-        raise PipelineError("--speaker-purity needs --spk-file or --speakers")
+        raise UserError("--speaker-purity needs --spk-file or --speakers")
     manifest = read_manifest(tsv)
     spk: Optional[List[str]] = None
     if spk_file is not None:
         spk = read_spk_file(spk_file)
         if len(spk) != len(manifest):
-            raise PipelineError(f"{spk_file} has {len(spk)} lines but {tsv} lists {len(manifest)} files")
+            raise UserError(f"{spk_file} has {len(spk)} lines but {tsv} lists {len(manifest)} files")
     elif speakers is not None:
         spk = speakers_from_table(manifest, speakers)
     ref = read_phones(phones) if phones is not None else None
@@ -92,8 +95,8 @@ def main(tsv: str, ckpt: str, layers: str = "all", spk_file: Optional[str] = Non
     model_rate = sample_rate / stride
     upsample = phone_rate / model_rate
     if ref is not None and (upsample < 1 or abs(upsample - round(upsample)) > 1e-6):
-        raise PipelineError(f"--phone-rate {phone_rate:g} Hz must be a whole multiple of the model's frame "
-                            f"rate ({model_rate:g} Hz)")
+        raise UserError(f"--phone-rate {phone_rate:g} Hz must be a whole multiple of the model's frame "
+                        f"rate ({model_rate:g} Hz)")
     uids = [manifest.uid(e) for e in manifest.entries]
 
     def extract(i: int):

@@ -56,7 +56,9 @@ if __name__ == "__main__":  # run from a checkout: use its packages, not a stale
     sys.path.insert(0, str(REPO))
 
 from simple_kmeans.cli import load_script  # noqa: E402
-from simple_kmeans.common import PipelineError, atomic_output, run_cli  # noqa: E402
+from fairseq_ext.base.atomic import atomic_output  # noqa: E402
+from fairseq_ext.base.cli import run_cli  # noqa: E402
+from fairseq_ext.base.errors import UserError  # noqa: E402
 
 
 kws = load_script(__file__, "kws_sweep")
@@ -98,7 +100,7 @@ def write_splits(corpus: Path, data: Path) -> Dict[str, int]:
         n_train = max(1, round(len(wavs) * SPLIT_SHARES[0]))
         n_valid = max(1, round(len(wavs) * SPLIT_SHARES[1]))
         if len(wavs) < n_train + n_valid + 1:
-            raise PipelineError(f"{spk_dir} has {len(wavs)} utterances: need at least 3 per speaker")
+            raise UserError(f"{spk_dir} has {len(wavs)} utterances: need at least 3 per speaker")
         for i, wav in enumerate(wavs):
             split = "train" if i < n_train else "valid" if i < n_train + n_valid else "test"
             rows[split].append(f"{wav.relative_to(root)}\t{sf.info(str(wav)).frames}\n")
@@ -190,10 +192,10 @@ def main(out_dir: str, models: str = "simple,boss,boss_hubert,boss_hubert_random
     wanted = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in MODELS]
     if not wanted or unknown:
-        raise PipelineError(f"--models {models!r}: choose from {','.join(MODELS)}")
+        raise UserError(f"--models {models!r}: choose from {','.join(MODELS)}")
     seed_list = kws._ints(seeds, "--seeds")
     if not seed_list or max_update < 1 or pretrain_updates < 1:
-        raise PipelineError("--seeds must not be empty; --max-update and --pretrain-updates must be >= 1")
+        raise UserError("--seeds must not be empty; --max-update and --pretrain-updates must be >= 1")
     pre = dict(PRETRAIN)
     if quick:
         n_speakers, utts_per_speaker, pre = QUICK["n_speakers"], QUICK["utts"], dict(QUICK["pretrain"])

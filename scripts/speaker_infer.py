@@ -23,7 +23,9 @@ from typing import List, Optional
 
 import torch
 
-from simple_kmeans.common import PipelineError, atomic_output, progress, run_cli
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("speaker_infer")
 
@@ -47,15 +49,15 @@ def main(checkpoint: str, input: str, output: str, batch_size: int = 32, device:
     from fairseq_ext import load_model
 
     if not Path(checkpoint).is_file():
-        raise PipelineError(f"checkpoint {checkpoint} does not exist")
+        raise UserError(f"checkpoint {checkpoint} does not exist")
     if not Path(input).is_file():
-        raise PipelineError(f"input {input} does not exist: give a testdata.json or a manifest .tsv")
+        raise UserError(f"input {input} does not exist: give a testdata.json or a manifest .tsv")
     if batch_size < 1:
-        raise PipelineError("--batch-size must be >= 1")
+        raise UserError("--batch-size must be >= 1")
     overrides = {"ssl_checkpoint": ssl_checkpoint} if ssl_checkpoint else None
     model, cfg, task = load_model(checkpoint, arg_overrides=overrides, device=device)
     if not hasattr(task, "inference_dataset"):
-        raise PipelineError(f"{checkpoint} was trained with task {cfg.task._name!r}, not speaker_classification")
+        raise UserError(f"{checkpoint} was trained with task {cfg.task._name!r}, not speaker_classification")
     dataset, ids = task.inference_dataset(input)
     labels: List[str] = task.labels
     preds = predict(model, dataset, batch_size, device)

@@ -50,26 +50,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simple_kmeans.common import (
-    BadAudio,
-    Manifest,
-    ManifestEntry,
-    NpyStreamWriter,
-    PipelineError,
-    ShardArg,
-    atomic_output,
-    begin_shard,
-    check_writable_dir,
-    feat_paths,
-    manifest_path,
-    progress,
-    read_audio,
-    read_manifest,
-    resolve_shard,
-    run_cli,
-    shard_arg,
-    skipped_path,
-)
+from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output, begin_shard, check_writable_dir
+from fairseq_ext.base.bad_audio import BadAudio, skipped_path
+from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import Manifest, ManifestEntry, manifest_path, read_audio, read_manifest
+from fairseq_ext.base.shards import ShardArg, feat_paths, resolve_shard, shard_arg
 
 logger = logging.getLogger("dump_hubert_feature")
 
@@ -113,19 +99,19 @@ class HubertFeatureReader:
         from fairseq_ext.checkpoint import CheckpointError, load_model
 
         if not Path(ckpt_path).is_file():
-            raise PipelineError(f"checkpoint {ckpt_path} does not exist")
+            raise UserError(f"checkpoint {ckpt_path} does not exist")
         try:
             model, _, task = load_model(ckpt_path, device=device, trusted=trusted)
         except CheckpointError as e:
-            raise PipelineError(str(e)) from None
+            raise UserError(str(e)) from None
         if not hasattr(model, "extract_features") or not hasattr(model, "feature_extractor"):
-            raise PipelineError(
+            raise UserError(
                 f"{ckpt_path} holds a {type(model).__name__}, not a HuBERT-family model "
                 f"(no feature_extractor/extract_features)"
             )
         n_layers = len(model.encoder.layers)
         if not 1 <= layer <= n_layers:
-            raise PipelineError(
+            raise UserError(
                 f"layer {layer} is out of range: {ckpt_path} has {n_layers} transformer layers, "
                 f"use a layer in 1..{n_layers}"
             )
@@ -133,8 +119,8 @@ class HubertFeatureReader:
         reader = cls(model, layer, bool(getattr(cfg, "normalize", False)), max_chunk,
                      int(getattr(cfg, "sample_rate", 16000)))
         if reader.conv_frames(max_chunk) < 1:
-            raise PipelineError(f"--max_chunk {max_chunk} is shorter than the CNN's receptive field "
-                                f"(no frame fits); use at least a few thousand samples")
+            raise UserError(f"--max_chunk {max_chunk} is shorter than the CNN's receptive field "
+                            f"(no frame fits); use at least a few thousand samples")
         logger.info("%s: %s, layer %d of %d, normalize=%s, CNN batched: %s, device %s",
                     ckpt_path, type(model).__name__, layer, n_layers, reader.normalize,
                     reader.cnn_batchable, device)
@@ -297,7 +283,7 @@ def main(
 ) -> Tuple[Path, Path]:
     """Dump layer ``layer`` features of shard ``rank``/``nshard``; return ``(.npy, .len)`` paths.
 
-    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`fairseq_ext.base.shards.resolve_shard`).
     """
     nshard, rank = resolve_shard(nshard, rank)
     manifest = read_manifest(manifest_path(tsv_dir, split))
@@ -305,7 +291,7 @@ def main(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("--device cuda was given but no CUDA device is available; use --device cpu")
+        raise UserError("--device cuda was given but no CUDA device is available; use --device cpu")
     reader = HubertFeatureReader.from_checkpoint(ckpt_path, layer, max_chunk, device, trust_checkpoint)
     check_writable_dir(feat_dir)
     npy_path, len_path = feat_paths(feat_dir, split, rank, nshard)

@@ -31,10 +31,12 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from simple_kmeans.common import (PipelineError, ShardArg, atomic_output, check_writable_dir, feat_paths,
-                                  label_path, load_feat_shard, progress, read_skipped, resolve_shard, run_cli,
-                                  shard_arg, skipped_path)
-from simple_kmeans.kmeans_backends import load_centers
+from fairseq_ext.base.atomic import atomic_output, check_writable_dir
+from fairseq_ext.base.bad_audio import read_skipped, skipped_path
+from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.shards import ShardArg, feat_paths, label_path, load_feat_shard, resolve_shard, shard_arg
+from fairseq_ext.kmeans.backends import load_centers
 
 logger = logging.getLogger("dump_km_label")
 
@@ -61,7 +63,7 @@ class NearestCentroid:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
-            raise PipelineError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+            raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         self.device = torch.device(device)
         # numpy's type promotion, as in fairseq (float32 features and float32 centers -> float32)
         self.dtype = np.result_type(np.float32, centers.dtype)
@@ -122,14 +124,14 @@ def main(feat_dir: str, split: str, km_path: str, nshard: ShardArg, rank: ShardA
          batch_frames: Optional[int] = None, device: str = "auto") -> str:
     """Write ``{lab_dir}/{split}_{rank}_{nshard}.km``; returns its path.
 
-    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`fairseq_ext.base.shards.resolve_shard`).
     """
     nshard, rank = resolve_shard(nshard, rank)
     feats, lengths = load_feat_shard(feat_dir, split, rank, nshard)
     npy = feat_paths(feat_dir, split, rank, nshard)[0]
     centers = load_centers(km_path)
     if centers.shape[1] != feats.shape[1]:
-        raise PipelineError(
+        raise UserError(
             f"{km_path} has {centers.shape[1]}-dim centroids but {npy} has {feats.shape[1]}-dim "
             f"features: use the k-means model trained on these features"
         )
@@ -137,7 +139,7 @@ def main(feat_dir: str, split: str, km_path: str, nshard: ShardArg, rank: ShardA
     if batch_frames is None:
         batch_frames = default_batch_frames(feats.shape[1], len(centers))
     if batch_frames < 1:
-        raise PipelineError(f"--batch-frames must be >= 1, got {batch_frames}")
+        raise UserError(f"--batch-frames must be >= 1, got {batch_frames}")
     out_path = label_path(check_writable_dir(lab_dir), split, rank, nshard)
     logger.info("labelling %d utterances, %d frames of %s with K=%d on %s", len(lengths), len(feats),
                 npy, len(centers), assign.device)

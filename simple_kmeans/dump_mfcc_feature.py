@@ -35,24 +35,12 @@ import time
 from pathlib import Path
 from typing import Tuple
 
-from simple_kmeans.common import (
-    BadAudio,
-    NpyStreamWriter,
-    PipelineError,
-    ShardArg,
-    atomic_output,
-    begin_shard,
-    check_writable_dir,
-    feat_paths,
-    manifest_path,
-    progress,
-    read_manifest,
-    resolve_shard,
-    run_cli,
-    shard_arg,
-    shard_range,
-    skipped_path,
-)
+from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output, begin_shard, check_writable_dir
+from fairseq_ext.base.bad_audio import BadAudio, skipped_path
+from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import manifest_path, read_manifest
+from fairseq_ext.base.shards import ShardArg, feat_paths, resolve_shard, shard_arg, shard_range
 from simple_kmeans.mfcc import DEFAULT_BLOCK_FRAMES, DIM, MfccExtractor
 
 logger = logging.getLogger("dump_mfcc_feature")
@@ -70,16 +58,16 @@ def main(
 ) -> Tuple[Path, Path]:
     """Write ``{feat_dir}/{split}_{rank}_{nshard}.npy`` / ``.len`` (see the module docstring).
 
-    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`fairseq_ext.base.shards.resolve_shard`).
 
     Returns:
         ``(npy_path, len_path)``.
     """
     nshard, rank = resolve_shard(nshard, rank)
     if sample_rate <= 0:
-        raise PipelineError(f"--sample-rate must be positive, got {sample_rate}")
+        raise UserError(f"--sample-rate must be positive, got {sample_rate}")
     if batch_frames < 1:
-        raise PipelineError(f"--batch-frames must be >= 1, got {batch_frames}")
+        raise UserError(f"--batch-frames must be >= 1, got {batch_frames}")
     manifest = read_manifest(manifest_path(tsv_dir, split))
     entries = manifest.shard(nshard, rank)
     extractor = MfccExtractor(sample_rate, block_frames=batch_frames)
@@ -90,7 +78,7 @@ def main(
         listed = "; ".join(f"{manifest.path}:{e.line}: {e.relpath} ({e.n_samples} samples)"
                            for e in sorted(too_short, key=lambda e: e.line)[:5])
         more = f" and {len(too_short) - 5} more" if len(too_short) > 5 else ""
-        raise PipelineError(
+        raise UserError(
             f"{len(too_short)} file(s) are shorter than one {extractor.window_size}-sample analysis window "
             f"and have no MFCC frames: {listed}{more}; remove them from the manifest (or pass --skip-bad)"
         )

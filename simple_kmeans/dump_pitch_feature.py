@@ -53,24 +53,12 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from simple_kmeans.common import (
-    BadAudio,
-    NpyStreamWriter,
-    PipelineError,
-    ShardArg,
-    atomic_output,
-    begin_shard,
-    check_writable_dir,
-    feat_paths,
-    manifest_path,
-    progress,
-    read_manifest,
-    resolve_shard,
-    run_cli,
-    shard_arg,
-    shard_stem,
-    skipped_path,
-)
+from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output, begin_shard, check_writable_dir
+from fairseq_ext.base.bad_audio import BadAudio, skipped_path
+from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import manifest_path, read_manifest
+from fairseq_ext.base.shards import ShardArg, feat_paths, resolve_shard, shard_arg, shard_stem
 
 logger = logging.getLogger("dump_pitch_feature")
 
@@ -103,12 +91,12 @@ def load_pyworld() -> ModuleType:
         return sys.modules[name]
     spec = importlib.util.find_spec("pyworld")
     if spec is None or not spec.submodule_search_locations:
-        raise PipelineError("pyworld is not installed: pip install pyworld")
+        raise UserError("pyworld is not installed: pip install pyworld")
     folder = spec.submodule_search_locations[0]
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     candidates = [f for f in os.listdir(folder) if f.startswith("pyworld.") and f.endswith(suffixes)]
     if not candidates:
-        raise PipelineError(f"pyworld's compiled module is missing from {folder}: reinstall pyworld")
+        raise UserError(f"pyworld's compiled module is missing from {folder}: reinstall pyworld")
     ext_spec = importlib.util.spec_from_file_location(name, os.path.join(folder, candidates[0]))
     module = importlib.util.module_from_spec(ext_spec)
     ext_spec.loader.exec_module(module)
@@ -144,7 +132,7 @@ def num_frames(n_samples: int, frame_rate: int) -> int:
         return 0 if n_samples < MFCC_WINDOW else 1 + (n_samples - MFCC_WINDOW) // MFCC_SHIFT
     if frame_rate == 50:
         return conv_output_length(n_samples)
-    raise PipelineError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
+    raise UserError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
 
 
 def frame_centres(n_frames: int, frame_rate: int) -> np.ndarray:
@@ -154,7 +142,7 @@ def frame_centres(n_frames: int, frame_rate: int) -> np.ndarray:
     elif frame_rate == 50:
         window, shift = conv_receptive_field()
     else:
-        raise PipelineError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
+        raise UserError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
     return np.arange(n_frames, dtype=np.int64) * shift + window // 2
 
 
@@ -196,11 +184,11 @@ class PitchExtractor:
     def __init__(self, frame_rate: int = 50, f0_floor: float = 60.0, f0_ceil: float = 400.0,
                  method: str = "dio", sample_rate: int = SAMPLE_RATE):
         if frame_rate not in FRAME_RATES:
-            raise PipelineError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
+            raise UserError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
         if method not in METHODS:
-            raise PipelineError(f"--method must be one of {METHODS}, got {method!r}")
+            raise UserError(f"--method must be one of {METHODS}, got {method!r}")
         if not 0 < f0_floor < f0_ceil < sample_rate / 2:
-            raise PipelineError(
+            raise UserError(
                 f"need 0 < --f0-floor < --f0-ceil < {sample_rate / 2:g} Hz, got {f0_floor:g} and {f0_ceil:g}"
             )
         self.frame_rate = frame_rate
@@ -255,7 +243,7 @@ def main(tsv_dir: str, split: str, nshard: ShardArg, rank: ShardArg, feat_dir: s
          f0_floor: float = 60.0, f0_ceil: float = 400.0, method: str = "dio", skip_bad: bool = False) -> Path:
     """Dump one shard (see the module docstring); returns the ``.npy`` path.
 
-    ``nshard`` / ``rank`` may be ``"env"`` (:func:`simple_kmeans.common.resolve_shard`).
+    ``nshard`` / ``rank`` may be ``"env"`` (:func:`fairseq_ext.base.shards.resolve_shard`).
     """
     nshard, rank = resolve_shard(nshard, rank)
     extractor = PitchExtractor(frame_rate, f0_floor, f0_ceil, method)

@@ -27,7 +27,10 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from simple_kmeans.common import PipelineError, atomic_output, manifest_path, read_manifest, run_cli
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import manifest_path, read_manifest
 from simple_kmeans.measure_quality import read_dict_size
 
 logger = logging.getLogger("export_espnet")
@@ -42,7 +45,7 @@ def utterance_id(relpath: str, uid_style: str = "basename") -> str:
         return os.path.basename(stem)
     if uid_style == "relpath":
         return stem.replace("\\", "/").strip("/").replace("/", "-")
-    raise PipelineError(f"--uid-style must be basename or relpath, got {uid_style!r}")
+    raise UserError(f"--uid-style must be basename or relpath, got {uid_style!r}")
 
 
 def write_token_list(path: os.PathLike | str, n_clusters: int) -> Path:
@@ -60,20 +63,20 @@ def export_split(tsv_dir: str, lab_dir: str, split: str, out_dir: Path, n_cluste
     manifest = read_manifest(manifest_path(tsv_dir, split))
     lab_path = Path(lab_dir) / f"{split}.{lab_name}"
     if not lab_path.is_file():
-        raise PipelineError(f"{lab_path} does not exist: run the labelling and merge steps first")
+        raise UserError(f"{lab_path} does not exist: run the labelling and merge steps first")
     with open(lab_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     if len(lines) != len(manifest):
-        raise PipelineError(f"{lab_path} has {len(lines)} lines but {manifest.path} lists "
-                            f"{len(manifest)} files: they were not made from the same manifest")
+        raise UserError(f"{lab_path} has {len(lines)} lines but {manifest.path} lists "
+                        f"{len(manifest)} files: they were not made from the same manifest")
     rows: Dict[str, tuple] = {}
     for i, (entry, line) in enumerate(zip(manifest.entries, lines), start=1):
         uid = utterance_id(entry.relpath, uid_style)
         if not uid or any(c.isspace() for c in uid):
-            raise PipelineError(f"{manifest.path}:{entry.line}: utterance id {uid!r} is empty or has "
-                                f"whitespace; rename the file")
+            raise UserError(f"{manifest.path}:{entry.line}: utterance id {uid!r} is empty or has "
+                            f"whitespace; rename the file")
         if uid in rows:
-            raise PipelineError(
+            raise UserError(
                 f"{manifest.path}:{entry.line}: utterance id {uid!r} is used twice (also line "
                 f"{rows[uid][0].line}); use --uid-style relpath")
         toks = line.split()
@@ -82,8 +85,8 @@ def export_split(tsv_dir: str, lab_dir: str, split: str, out_dir: Path, n_cluste
         except ValueError:
             values = [-1]
         if values and (min(values) < 0 or max(values) >= n_clusters):
-            raise PipelineError(f"{lab_path}:{i}: labels must be integers in 0..{n_clusters - 1}, "
-                                f"got {line[:80]!r}")
+            raise UserError(f"{lab_path}:{i}: labels must be integers in 0..{n_clusters - 1}, "
+                            f"got {line[:80]!r}")
         rows[uid] = (entry, " ".join(toks))
     order = sorted(rows, key=lambda u: u.encode("utf-8"))
     split_dir = out_dir / split
@@ -109,10 +112,10 @@ def main(tsv_dir: str, lab_dir: str, split: Sequence[str], out_dir: str,
     if n_clusters is None:
         n_clusters = read_dict_size(Path(lab_dir) / f"dict.{lab_name}.txt")
         if n_clusters is None:
-            raise PipelineError(f"K unknown: pass --n-clusters or create {lab_dir}/dict.{lab_name}.txt "
-                                f"(fairseq-ext-merge-labels writes it)")
+            raise UserError(f"K unknown: pass --n-clusters or create {lab_dir}/dict.{lab_name}.txt "
+                            f"(fairseq-ext-merge-labels writes it)")
     if n_clusters < 1:
-        raise PipelineError(f"--n-clusters must be >= 1, got {n_clusters}")
+        raise UserError(f"--n-clusters must be >= 1, got {n_clusters}")
     out = Path(out_dir)
     done = {s: export_split(tsv_dir, lab_dir, s, out, n_clusters, uid_style, lab_name) for s in splits}
     tokens = write_token_list(out / "tokens.txt", n_clusters)

@@ -51,9 +51,11 @@ from typing import Optional
 
 import numpy as np
 
-from simple_kmeans import kmeans_backends as backends
-from simple_kmeans.common import PipelineError, check_writable_dir, run_cli
-from simple_kmeans.feature_sample import materialize, open_shards, sample_positions  # noqa: F401 (public here too)
+from fairseq_ext.kmeans import backends as backends
+from fairseq_ext.base.atomic import check_writable_dir
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.kmeans.sample import materialize, open_shards
 
 logger = logging.getLogger("learn_kmeans")
 
@@ -92,7 +94,7 @@ def load_sample(feat_dir: str, split: str, nshard: int, percent: float, rng: np.
     total = int(sum(int(s.lens.sum()) for s in shards))
     budget_gb = default_max_memory_gb() if max_memory is None else max_memory
     if budget_gb <= 0:
-        raise PipelineError(f"--max-memory must be positive, got {max_memory}")
+        raise UserError(f"--max-memory must be positive, got {max_memory}")
     per_frame = 4 * dim + WORK_BYTES_PER_FRAME
     max_frames = max(1, int(budget_gb * 2**30 // per_frame))
     if total > max_frames:
@@ -136,7 +138,7 @@ def _fit_streaming(feat_dir: str, split: str, nshard: int, km_path: str, n_clust
                    percent: float, batch_size: int, passes: int, seed_sample: int, reassignment_ratio: float,
                    threads: Optional[int]) -> KmeansSummary:
     """``--stream``: mini-batch k-means over every sampled frame, read batch by batch (kmeans_stream)."""
-    from simple_kmeans.kmeans_stream import fit_stream, streamed_inertia
+    from fairseq_ext.kmeans.stream import fit_stream, streamed_inertia
 
     shards = open_shards(feat_dir, split, nshard, percent, np.random.RandomState(seed))
     model, info = fit_stream(shards, n_clusters, seed=seed, batch_size=batch_size, passes=passes,
@@ -152,7 +154,7 @@ def _fit_streaming(feat_dir: str, split: str, nshard: int, km_path: str, n_clust
 def _fit_torch_streaming(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, seed: int,
                          percent: float, **torch_options) -> KmeansSummary:
     """``--backend torch --stream``: Lloyd iterations reading every sampled frame from the shards each time."""
-    from simple_kmeans.kmeans_torch import fit_torch_stream
+    from fairseq_ext.kmeans.torch_lloyd import fit_torch_stream
 
     shards = open_shards(feat_dir, split, nshard, percent, np.random.RandomState(seed))
     model, info = fit_torch_stream(shards, n_clusters, seed=seed, **torch_options)
@@ -172,24 +174,24 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
     """Train k-means on the sampled frames of all shards and save it to ``km_path`` (joblib).
 
     With ``stream``, the frames are not loaded: with the sklearn backend mini-batch k-means streams
-    over them ``stream_passes`` times (:mod:`simple_kmeans.kmeans_stream`); with the torch backend
-    each Lloyd iteration reads them chunk by chunk (:mod:`simple_kmeans.kmeans_torch`).
+    over them ``stream_passes`` times (:mod:`fairseq_ext.kmeans.stream`); with the torch backend
+    each Lloyd iteration reads them chunk by chunk (:mod:`fairseq_ext.kmeans.torch_lloyd`).
     ``device`` and ``chunk_size`` are the torch backend's.
     """
     if backend not in backends.BACKENDS:
-        raise PipelineError(f"unknown --backend {backend!r}; use one of {backends.BACKENDS}")
+        raise UserError(f"unknown --backend {backend!r}; use one of {backends.BACKENDS}")
     if n_clusters < 1:
-        raise PipelineError(f"n_clusters must be >= 1, got {n_clusters}")
+        raise UserError(f"n_clusters must be >= 1, got {n_clusters}")
     if init not in backends.INITS:
-        raise PipelineError(f"--init {init!r} is not supported; use one of {backends.INITS}")
+        raise UserError(f"--init {init!r} is not supported; use one of {backends.INITS}")
     _warn_unused_options(backend, locals())
     if stream and backend == "faiss":
-        raise PipelineError("--stream reads the frames from the shards batch by batch: use it with "
-                            "--backend sklearn (mini-batch k-means) or --backend torch (Lloyd)")
+        raise UserError("--stream reads the frames from the shards batch by batch: use it with "
+                        "--backend sklearn (mini-batch k-means) or --backend torch (Lloyd)")
     torch_options = dict(init=init, niter=niter, seed_sample=seed_sample, device=device, chunk_size=chunk_size,
                          threads=threads)
     if backend == "torch":
-        from simple_kmeans.kmeans_torch import resolve_device
+        from fairseq_ext.kmeans.torch_lloyd import resolve_device
 
         resolve_device(device)  # a bad --device fails before any data is read
     check_writable_dir(Path(km_path).resolve().parent)
@@ -208,7 +210,7 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
     rng = np.random.RandomState(seed)
     feats = load_sample(feat_dir, split, nshard, percent, rng, max_memory, seed)
     if len(feats) < n_clusters:
-        raise PipelineError(
+        raise UserError(
             f"only {len(feats)} frames were sampled from {feat_dir}/{split}_*_{nshard}.npy, fewer than "
             f"n_clusters={n_clusters}: raise --percent or use fewer clusters"
         )
@@ -218,7 +220,7 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
             batch_size=batch_size, tol=tol, max_no_improvement=max_no_improvement, n_init=n_init,
             reassignment_ratio=reassignment_ratio)
     elif backend == "torch":
-        from simple_kmeans.kmeans_torch import fit_torch
+        from fairseq_ext.kmeans.torch_lloyd import fit_torch
 
         model, info = fit_torch(feats, n_clusters, seed=seed, **torch_options)
     else:

@@ -27,7 +27,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from simple_kmeans.common import PipelineError, atomic_output, progress, run_cli
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("make_demo_corpus")
 
@@ -174,7 +176,7 @@ def main(out_dir: str, n_speakers: int = 4, utts_per_speaker: int = 12, seed: in
     import soundfile as sf
 
     if n_speakers < 1 or utts_per_speaker < 1:
-        raise PipelineError("--n-speakers and --utts-per-speaker must be >= 1")
+        raise UserError("--n-speakers and --utts-per-speaker must be >= 1")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     speakers = [make_speaker(i, rng) for i in range(n_speakers)]

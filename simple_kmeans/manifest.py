@@ -31,7 +31,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from simple_kmeans.common import PipelineError, atomic_output, check_writable_dir, progress, run_cli
+from fairseq_ext.base.atomic import atomic_output, check_writable_dir
+from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("manifest")
 
@@ -43,7 +45,7 @@ def parse_extensions(ext: str | Sequence[str]) -> Tuple[str, ...]:
     items = ext.split(",") if isinstance(ext, str) else list(ext)
     out = tuple("." + e.strip().lower().lstrip(".") for e in items if e.strip())
     if not out:
-        raise PipelineError("--ext is empty: give extensions like wav,flac")
+        raise UserError("--ext is empty: give extensions like wav,flac")
     return out
 
 
@@ -80,12 +82,12 @@ def check_audio(path: str, sample_rate: int) -> Tuple[Optional[int], Optional[st
 def split_valid(n: int, valid_percent: float, seed: int) -> np.ndarray:
     """Boolean mask of the files that go to the valid split (seeded, ``round(P*n)`` files, >= 1 when P > 0)."""
     if not 0.0 <= valid_percent < 1.0:
-        raise PipelineError(f"--valid-percent must be in [0, 1), got {valid_percent}")
+        raise UserError(f"--valid-percent must be in [0, 1), got {valid_percent}")
     mask = np.zeros(n, dtype=bool)
     if valid_percent == 0.0 or n == 0:
         return mask
     if n < 2:
-        raise PipelineError(f"only {n} usable audio file: cannot make a valid split; use --valid-percent 0")
+        raise UserError(f"only {n} usable audio file: cannot make a valid split; use --valid-percent 0")
     n_valid = min(max(1, round(valid_percent * n)), n - 1)
     mask[np.random.default_rng(seed).permutation(n)[:n_valid]] = True
     return mask
@@ -118,12 +120,12 @@ def main(root: str, dest: str, ext: str = "wav,flac", valid_percent: float = 0.0
     """
     root_path = Path(root)
     if not root_path.is_dir():
-        raise PipelineError(f"audio root {root} is not a folder")
+        raise UserError(f"audio root {root} is not a folder")
     root_path = root_path.resolve()
     extensions = parse_extensions(ext)
     rels = find_audio(root_path, extensions)
     if not rels:
-        raise PipelineError(
+        raise UserError(
             f"no audio files with extension {', '.join(extensions)} under {root_path}: "
             f"check the folder, or pass --ext (e.g. --ext flac)")
     dest_path = check_writable_dir(dest)
@@ -146,7 +148,7 @@ def main(root: str, dest: str, ext: str = "wav,flac", valid_percent: float = 0.0
     if bad:
         listing = _write_bad_list(dest_path, bad)
         if not skip_bad:
-            raise PipelineError(
+            raise UserError(
                 f"{len(bad)} of {len(rels)} audio files under {root_path} cannot be used "
                 f"(full list in {listing}); fix or remove them, or rerun with --skip-bad "
                 f"to leave them out:\n{_format_bad(root_path, bad)}")
@@ -158,8 +160,8 @@ def main(root: str, dest: str, ext: str = "wav,flac", valid_percent: float = 0.0
     if n_short:
         logger.info("left out %d files shorter than --min-samples %d", n_short, min_samples)
     if not good:
-        raise PipelineError(f"no usable audio files under {root_path} (all bad or shorter than "
-                            f"--min-samples {min_samples})")
+        raise UserError(f"no usable audio files under {root_path} (all bad or shorter than "
+                        f"--min-samples {min_samples})")
 
     is_valid = split_valid(len(good), valid_percent, seed)
     out: Dict[str, object] = {"valid": None, "n_bad": len(bad), "n_short": n_short}

@@ -35,10 +35,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from simple_kmeans.common import (
-    PipelineError, atomic_output, count_skipped, feat_paths, kept_entries, label_path, manifest_path,
-    read_lengths, read_manifest, run_cli, shard_range, write_kept_manifest,
-)
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.bad_audio import count_skipped, kept_entries, write_kept_manifest
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import manifest_path, read_manifest
+from fairseq_ext.base.shards import feat_paths, label_path, read_lengths, shard_range
 
 logger = logging.getLogger("merge_labels")
 
@@ -47,7 +49,7 @@ BLOCK_LINES = 20000  # lines parsed at once
 
 def n_clusters_from_model(km_path: str) -> int:
     """Number of clusters of a saved k-means model (``cluster_centers_`` of a joblib file)."""
-    from simple_kmeans.kmeans_backends import load_centers
+    from fairseq_ext.kmeans.backends import load_centers
 
     return int(load_centers(km_path).shape[0])
 
@@ -66,16 +68,16 @@ def _parse_block(path: Path, first_line: int, lines: List[bytes]) -> np.ndarray:
         for i, line in enumerate(lines):
             for tok in line.split():
                 if not tok.lstrip(b"-").isdigit():
-                    raise PipelineError(
+                    raise UserError(
                         f"{path}:{first_line + i}: {tok.decode(errors='replace')!r} is not an integer label")
-        raise PipelineError(f"{path}: cannot parse labels near line {first_line}")
+        raise UserError(f"{path}: cannot parse labels near line {first_line}")
     return values
 
 
 def scan_label_file(path: Path) -> Dict[str, object]:
     """Check a ``.km`` file: ``{"lengths": (N,) labels per line, "min": int, "max": int}`` (None if empty)."""
     if not path.is_file():
-        raise PipelineError(f"label shard {path} does not exist: run dump_km_label for this shard")
+        raise UserError(f"label shard {path} does not exist: run dump_km_label for this shard")
     lines = path.read_bytes().splitlines()
     lengths = np.fromiter((len(line.split()) for line in lines), dtype=np.int64, count=len(lines))
     lo, hi = None, None
@@ -85,7 +87,7 @@ def scan_label_file(path: Path) -> Dict[str, object]:
             lo = int(values.min()) if lo is None else min(lo, int(values.min()))
             hi = int(values.max()) if hi is None else max(hi, int(values.max()))
     if lo is not None and lo < 0:
-        raise PipelineError(f"{path}: negative label {lo}")
+        raise UserError(f"{path}: negative label {lo}")
     return {"lengths": lengths, "min": lo, "max": hi}
 
 
@@ -98,7 +100,7 @@ def _ends_with_newline(path: Path) -> bool:
 def write_dict(lab_dir: os.PathLike | str, n_clusters: int, name: str = "km") -> Path:
     """Write ``{lab_dir}/dict.{name}.txt`` with ``i 1`` for i in 0..K-1 (atomically)."""
     if n_clusters < 1:
-        raise PipelineError(f"the number of clusters must be >= 1, got {n_clusters}")
+        raise UserError(f"the number of clusters must be >= 1, got {n_clusters}")
     path = Path(lab_dir) / f"dict.{name}.txt"
     with atomic_output(path) as f:
         f.writelines(f"{i} 1\n" for i in range(n_clusters))
@@ -116,18 +118,18 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
     """
     lab_dir_p = Path(lab_dir)
     if kept_manifest_dir and not (tsv_dir and feat_dir):
-        raise PipelineError("--kept-manifest-dir needs --tsv-dir (the manifest the features were dumped from) "
-                            "and --feat-dir (where the dumps listed the skipped files)")
+        raise UserError("--kept-manifest-dir needs --tsv-dir (the manifest the features were dumped from) "
+                        "and --feat-dir (where the dumps listed the skipped files)")
     manifest = read_manifest(manifest_path(tsv_dir, split)) if tsv_dir else None
     if manifest is not None:
         shard_range(len(manifest), nshard, 0)  # validates nshard against the manifest
     elif nshard < 1:
-        raise PipelineError(f"nshard must be >= 1, got {nshard}")
+        raise UserError(f"nshard must be >= 1, got {nshard}")
     shards = [label_path(lab_dir_p, split, r, nshard) for r in range(nshard)]
     missing = [str(p) for p in shards if not p.is_file()]
     if missing:
-        raise PipelineError(f"missing label shard(s): {', '.join(missing)}; run dump_km_label "
-                            f"for these ranks (nshard={nshard}) first")
+        raise UserError(f"missing label shard(s): {', '.join(missing)}; run dump_km_label "
+                        f"for these ranks (nshard={nshard}) first")
     n_skipped, reports = count_skipped(feat_dir, split, nshard) if feat_dir else (0, [])
 
     scans = []
@@ -142,7 +144,7 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
                 left_out = f" minus {end - start - len(kept)} skipped" if len(kept) != end - start else ""
                 hint = ("" if feat_dir else "; if the features were dumped with --skip-bad, pass --feat-dir so "
                         "that the skipped files are counted")
-                raise PipelineError(
+                raise UserError(
                     f"{path} has {n} lines but shard {rank}/{nshard} of {manifest.path} has "
                     f"{len(kept)} utterances (lines {manifest.entries[start].line}-"
                     f"{manifest.entries[end - 1].line}{left_out}): the labels "
@@ -151,18 +153,18 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
             len_path = feat_paths(feat_dir, split, rank, nshard)[1]
             frames = read_lengths(len_path)
             if len(frames) != n:
-                raise PipelineError(f"{path} has {n} lines but {len_path} has {len(frames)}")
+                raise UserError(f"{path} has {n} lines but {len_path} has {len(frames)}")
             bad = np.nonzero(frames != scan["lengths"])[0]
             if len(bad):
                 i = int(bad[0])
-                raise PipelineError(
+                raise UserError(
                     f"{path}:{i + 1}: {int(scan['lengths'][i])} labels but {len_path}:{i + 1} says "
                     f"{int(frames[i])} frames ({len(bad)} utterances differ): redo dump_km_label")
         scans.append(scan)
 
     max_label = max((s["max"] for s in scans if s["max"] is not None), default=None)
     if max_label is None:
-        raise PipelineError(f"label shards of {split} in {lab_dir_p} contain no labels")
+        raise UserError(f"label shards of {split} in {lab_dir_p} contain no labels")
     if n_clusters is None and km_path:
         n_clusters = n_clusters_from_model(km_path)
     if n_clusters is None:
@@ -171,7 +173,7 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
                        "clusters unused in %s would be missing from dict.km.txt", n_clusters, split)
     elif max_label >= n_clusters:
         worst = next(p for p, s in zip(shards, scans) if s["max"] == max_label)
-        raise PipelineError(f"{worst}: label {max_label} is out of range for K={n_clusters} clusters")
+        raise UserError(f"{worst}: label {max_label} is out of range for K={n_clusters} clusters")
 
     out = lab_dir_p / f"{split}.km"
     with atomic_output(out, "wb") as f:

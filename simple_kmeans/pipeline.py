@@ -49,12 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from simple_kmeans.common import (
-    PipelineError, atomic_output, count_skipped, feat_paths, label_path, read_manifest, run_cli, skipped_path,
-)
-from simple_kmeans.runner import (  # noqa: F401 (Runner, Unit, digest, ... were defined here before)
-    THREAD_VARS, Runner, Unit, _environ, _exclusive, _init_worker, _quiet_loggers, call, digest, file_digest,
-    file_fingerprint,
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.bad_audio import count_skipped, skipped_path
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.shards import feat_paths, label_path
+from fairseq_ext.base.steps import (
+    Runner, Unit, digest, file_digest, file_fingerprint, folder_lock, quiet_loggers,
 )
 
 logger = logging.getLogger("pipeline")
@@ -146,7 +148,7 @@ class LabelPipeline:
         if not cfg.tsv_dir:
             root = Path(cfg.audio_root).resolve()
             if not root.is_dir():
-                raise PipelineError(f"audio root {cfg.audio_root} is not a folder")
+                raise UserError(f"audio root {cfg.audio_root} is not a folder")
             vp = 0.01 if cfg.valid_percent is None else cfg.valid_percent
             kw = {"root": str(root), "dest": str(self.man_dir), "ext": cfg.ext, "valid_percent": vp,
                   "seed": cfg.seed, "sample_rate": cfg.sample_rate, "min_samples": cfg.min_samples,
@@ -156,7 +158,7 @@ class LabelPipeline:
                                   {"audio": digest(_list_audio(root, cfg.ext))})])
         self.splits = [s for s in ("train", "valid") if (self.man_dir / f"{s}.tsv").is_file()]
         if "train" not in self.splits:
-            raise PipelineError(f"{self.man_dir}/train.tsv does not exist")
+            raise UserError(f"{self.man_dir}/train.tsv does not exist")
         manifests = {s: read_manifest(self.man_dir / f"{s}.tsv") for s in self.splits}
         self.shards = {s: min(cfg.nshard, len(m)) for s, m in manifests.items()}
         audio_s = sum(e.n_samples for m in manifests.values() for e in m.entries) / cfg.sample_rate
@@ -290,33 +292,34 @@ def main(audio_root: Optional[str] = None, out_dir: Optional[str] = None, demo: 
     """
     if demo:
         if audio_root or out_dir or tsv_dir:
-            raise PipelineError("--demo OUT_DIR takes no AUDIO_ROOT, OUT_DIR or --tsv-dir")
+            raise UserError("--demo OUT_DIR takes no AUDIO_ROOT, OUT_DIR or --tsv-dir")
         out_dir = demo
     elif tsv_dir:
         if audio_root and out_dir:
-            raise PipelineError("give either AUDIO_ROOT or --tsv-dir, not both")
+            raise UserError("give either AUDIO_ROOT or --tsv-dir, not both")
         out_dir, audio_root = out_dir or audio_root, None  # `--tsv-dir M OUT`: argparse puts OUT first
     elif not (audio_root and out_dir):
-        raise PipelineError("usage: fairseq-ext-labels AUDIO_ROOT OUT_DIR (or --tsv-dir DIR OUT_DIR, "
-                            "or --demo OUT_DIR); see --help")
+        raise UserError("usage: fairseq-ext-labels AUDIO_ROOT OUT_DIR (or --tsv-dir DIR OUT_DIR, "
+                        "or --demo OUT_DIR); see --help")
     if feature not in LABEL_RATE:
-        raise PipelineError(f"--feature must be mfcc or hubert, got {feature!r}")
+        raise UserError(f"--feature must be mfcc or hubert, got {feature!r}")
     if feature == "hubert" and (not ckpt or layer is None):
-        raise PipelineError("--feature hubert needs --ckpt CHECKPOINT and --layer L")
+        raise UserError("--feature hubert needs --ckpt CHECKPOINT and --layer L")
     if feature == "hubert" and not os.path.isfile(ckpt):
-        raise PipelineError(f"checkpoint {ckpt} does not exist")
+        raise UserError(f"checkpoint {ckpt} does not exist")
     if nshard < 1 or n_clusters < 1:
-        raise PipelineError("--nshard and --n-clusters must be >= 1")
+        raise UserError("--nshard and --n-clusters must be >= 1")
     if phones and (not phones.endswith(".tsv") or not os.path.isfile(phones)):
-        raise PipelineError(f"--phones {phones}: expected an existing .tsv file (uid<TAB>p1,p2,...)")
+        raise UserError(f"--phones {phones}: expected an existing .tsv file (uid<TAB>p1,p2,...)")
 
-    _quiet_loggers()
+    quiet_loggers()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = Settings(out, audio_root, tsv_dir, bool(demo), feature, ckpt, layer, max_chunk, nshard, n_clusters,
                    backend, percent, seed, valid_percent, ext, sample_rate, min_samples, skip_bad, phones,
                    espnet, uid_style)
-    with _exclusive(out), Runner(out, jobs=jobs or min(nshard, os.cpu_count() or 1), force=force) as runner:
+    jobs = jobs or min(nshard, os.cpu_count() or 1)
+    with folder_lock(out, "running fairseq-ext-labels"), Runner(out, jobs=jobs, force=force) as runner:
         pipe = LabelPipeline(cfg, runner)
         pipe.run()
     report_text = (out / "quality.txt").read_text()

@@ -35,8 +35,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from simple_kmeans.common import (PipelineError, atomic_output, count_skipped, feat_paths, kept_entries,
-                                  manifest_path, read_lengths, read_manifest, run_cli)
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.bad_audio import count_skipped, kept_entries
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import manifest_path, read_manifest
+from fairseq_ext.base.shards import feat_paths, read_lengths
 from simple_kmeans.dump_pitch_feature import stats_path
 from simple_kmeans.speaker_labels import read_spk_file
 
@@ -66,7 +70,7 @@ def read_partial(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int
     """Read and check one shard's partial statistics against its ``.len`` file."""
     path = stats_path(feat_dir, split, rank, nshard)
     if not path.is_file():
-        raise PipelineError(
+        raise UserError(
             f"{path} does not exist: run dump_pitch_feature.py for shard {rank}/{nshard} of {split}"
         )
     try:
@@ -75,12 +79,12 @@ def read_partial(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int
         utts = np.asarray(partial["utterances"], dtype=np.float64).reshape(-1, 3)
         n_utts = int(partial["n_utterances"])
     except (ValueError, KeyError, TypeError) as e:
-        raise PipelineError(f"{path} is not a pitch statistics file ({e}); rerun dump_pitch_feature.py") from None
+        raise UserError(f"{path} is not a pitch statistics file ({e}); rerun dump_pitch_feature.py") from None
     if len(utts) != n_utts:
-        raise PipelineError(f"{path} lists {len(utts)} utterances but says {n_utts}; rerun dump_pitch_feature.py")
+        raise UserError(f"{path} lists {len(utts)} utterances but says {n_utts}; rerun dump_pitch_feature.py")
     lengths = read_lengths(feat_paths(feat_dir, split, rank, nshard)[1])
     if len(lengths) != n_utts or int(lengths.sum()) != int(partial.get("n_frames", -1)):
-        raise PipelineError(
+        raise UserError(
             f"{path} does not match {feat_paths(feat_dir, split, rank, nshard)[1]} "
             f"({n_utts} utterances / {partial.get('n_frames')} frames vs {len(lengths)} / "
             f"{int(lengths.sum())}): rerun dump_pitch_feature.py for this shard"
@@ -111,14 +115,14 @@ def shard_speakers(spk_file: os.PathLike | str, feat_dir: str, split: str, nshar
         if len(speakers) == len(manifest):
             kept = {e.line for r in range(nshard) for e in kept_entries(manifest, nshard, r, feat_dir, split)}
             if len(kept) != n_utts:
-                raise PipelineError(f"the pitch shards of {split} in {feat_dir} hold {n_utts} utterances but "
-                                    f"{manifest.path} minus their skipped files has {len(kept)}: the shards were "
-                                    f"dumped from another manifest; redo them")
+                raise UserError(f"the pitch shards of {split} in {feat_dir} hold {n_utts} utterances but "
+                                f"{manifest.path} minus their skipped files has {len(kept)}: the shards were "
+                                f"dumped from another manifest; redo them")
             logger.info("dropping the %d skipped file(s) from the %d lines of %s", len(manifest) - len(kept),
                         len(speakers), spk_file)
             return [spk for e, spk in zip(manifest.entries, speakers) if e.line in kept]
     skipped = f" ({n_skipped} skipped by --skip-bad)" if n_skipped else ""
-    raise PipelineError(
+    raise UserError(
         f"{spk_file} has {len(speakers)} lines but the pitch shards of {split} hold {n_utts} utterances{skipped}: "
         f"the speaker file must list one speaker per manifest line: of the kept-files manifest (one per kept "
         f"file), or of the manifest the shards were dumped from, given with --tsv-dir")
@@ -128,19 +132,19 @@ def merge_stats(feat_dir: str, split: str, nshard: int, spk_file: Optional[str] 
                 tsv_dir: Optional[str] = None) -> dict:
     """Merged statistics (the output file's content) of all ``nshard`` shards."""
     if nshard < 1:
-        raise PipelineError(f"nshard must be >= 1, got {nshard}")
+        raise UserError(f"nshard must be >= 1, got {nshard}")
     partials = [read_partial(feat_dir, split, rank, nshard) for rank in range(nshard)]
     for key in SETTINGS:
         values = {p.get(key) for p in partials}
         if len(values) > 1:
-            raise PipelineError(
+            raise UserError(
                 f"the shards of {split} in {feat_dir} were dumped with different {key} values "
                 f"{sorted(map(str, values))}: rerun dump_pitch_feature.py for every shard with the same options"
             )
     moments = np.concatenate([p["utterances"] for p in partials])
     overall = combine_moments(moments)
     if overall["n"] == 0:
-        raise PipelineError(
+        raise UserError(
             f"no voiced frame in {split} ({len(moments)} utterances): check the audio and --f0-floor/--f0-ceil"
         )
     out: dict = {"global": overall}

@@ -34,7 +34,9 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from simple_kmeans.common import PipelineError, make_dirs, run_cli
+from fairseq_ext.base.atomic import make_dirs
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("run_shards")
 
@@ -52,10 +54,10 @@ def parse_ranks(spec: Optional[str], nshard: int) -> List[int]:
             lo, _, hi = part.partition("-")
             ranks += range(int(lo), int(hi or lo) + 1)
         except ValueError:
-            raise PipelineError(f"--ranks {spec!r}: expected ranks like 0-3,7") from None
+            raise UserError(f"--ranks {spec!r}: expected ranks like 0-3,7") from None
     bad = [r for r in ranks if not 0 <= r < nshard]
     if bad:
-        raise PipelineError(f"--ranks {spec!r}: rank(s) {bad} not in [0, {nshard})")
+        raise UserError(f"--ranks {spec!r}: rank(s) {bad} not in [0, {nshard})")
     return sorted(set(ranks))
 
 
@@ -112,15 +114,15 @@ def main(nshard: int, command: Sequence[str], jobs: Optional[int] = None, ranks:
     """Run ``command`` for each rank (see the module docstring); returns ``{rank: exit status}``.
 
     Raises:
-        PipelineError: when a shard fails (after the others have finished).
+        UserError: when a shard fails (after the others have finished).
     """
     command = list(command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise PipelineError("no COMMAND given: fairseq-ext-run-shards NSHARD -- COMMAND ARGS...")
+        raise UserError("no COMMAND given: fairseq-ext-run-shards NSHARD -- COMMAND ARGS...")
     if nshard < 1:
-        raise PipelineError(f"NSHARD must be >= 1, got {nshard}")
+        raise UserError(f"NSHARD must be >= 1, got {nshard}")
     todo = parse_ranks(ranks, nshard)
     if not todo:
         logger.info("no rank to run")
@@ -143,7 +145,7 @@ def main(nshard: int, command: Sequence[str], jobs: Optional[int] = None, ranks:
                                                          env=shard_env(rank, nshard, threads),
                                                          stdout=out, stderr=subprocess.STDOUT if out else None)
                     except OSError as e:
-                        raise PipelineError(f"cannot start {command[0]!r}: {e}") from None
+                        raise UserError(f"cannot start {command[0]!r}: {e}") from None
                     finally:
                         if out:
                             out.close()
@@ -166,14 +168,14 @@ def main(nshard: int, command: Sequence[str], jobs: Optional[int] = None, ranks:
         except (KeyboardInterrupt, _Terminated):
             logger.error("interrupted: stopping %d running shard(s)", len(running))
             _stop(running)
-            raise PipelineError("interrupted; the interrupted shards are incomplete, rerun them") from None
+            raise UserError("interrupted; the interrupted shards are incomplete, rerun them") from None
     failed = sorted(r for r, c in status.items() if c != 0)
     not_run = sorted(pending)
     logger.info("%d of %d shard(s) succeeded in %.1f s", len(status) - len(failed), len(todo),
                 time.perf_counter() - t0)
     if failed or not_run:
         redo = ",".join(map(str, failed + not_run))
-        raise PipelineError(
+        raise UserError(
             f"rank(s) {', '.join(f'{r} (exit {status[r]})' for r in failed)} failed"
             + (f"; not started: {', '.join(map(str, not_run))}" if not_run else "")
             + (f"; logs in {logs}" if logs else "") + f"; redo them with --ranks {redo}")

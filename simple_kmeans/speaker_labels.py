@@ -38,8 +38,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from simple_kmeans.common import Manifest, PipelineError, atomic_output, check_writable_dir, manifest_path, \
-    read_manifest, run_cli
+from fairseq_ext.base.atomic import atomic_output, check_writable_dir
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import Manifest, manifest_path, read_manifest
 
 logger = logging.getLogger("speaker_labels")
 
@@ -55,7 +57,7 @@ def spk_path(lab_dir: os.PathLike | str, split: str) -> Path:
 def check_name(name: str, where: str) -> str:
     """Return ``name`` if it is a usable speaker name (non-empty, no white space)."""
     if not name or any(c.isspace() for c in name):
-        raise PipelineError(f"{where}: speaker name {name!r} is empty or contains white space")
+        raise UserError(f"{where}: speaker name {name!r} is empty or contains white space")
     return name
 
 
@@ -66,7 +68,7 @@ def read_speaker_table(path: os.PathLike | str) -> Dict[str, str]:
     """Read ``uid<TAB>speaker`` lines into ``{uid: speaker}``."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"speaker table {path} does not exist")
+        raise UserError(f"speaker table {path} does not exist")
     table: Dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
@@ -74,15 +76,15 @@ def read_speaker_table(path: os.PathLike | str) -> Dict[str, str]:
                 continue
             parts = line.split()
             if len(parts) != 2:
-                raise PipelineError(f"{path}:{i}: expected 'uid<TAB>speaker', got {line.rstrip()!r}")
+                raise UserError(f"{path}:{i}: expected 'uid<TAB>speaker', got {line.rstrip()!r}")
             uid, spk = parts
             check_name(spk, f"{path}:{i}")
             if table.get(uid, spk) != spk:
-                raise PipelineError(f"{path}:{i}: utterance {uid} is listed with two speakers, "
-                                    f"{table[uid]} and {spk}")
+                raise UserError(f"{path}:{i}: utterance {uid} is listed with two speakers, "
+                                f"{table[uid]} and {spk}")
             table[uid] = spk
     if not table:
-        raise PipelineError(f"speaker table {path} is empty")
+        raise UserError(f"speaker table {path} is empty")
     return table
 
 
@@ -93,7 +95,7 @@ def speakers_from_table(manifest: Manifest, table_path: os.PathLike | str) -> Li
     for entry in manifest.entries:
         uid = manifest.uid(entry)
         if uid not in table:
-            raise PipelineError(
+            raise UserError(
                 f"{manifest.path}:{entry.line}: utterance {uid} ({entry.relpath}) has no speaker in "
                 f"{table_path}; add a line '{uid}<TAB>speaker'"
             )
@@ -107,12 +109,12 @@ def speaker_from_path(relpath: str, spec: str, where: str = "") -> str:
     if spec in PATH_KEYWORDS:
         depth = PATH_KEYWORDS.index(spec) + 2
         if len(parts) < depth:
-            raise PipelineError(f"{where}: {relpath} has no {spec} folder in the manifest; use --table "
-                                f"or a --from-path regular expression")
+            raise UserError(f"{where}: {relpath} has no {spec} folder in the manifest; use --table "
+                            f"or a --from-path regular expression")
         return check_name(parts[-depth], where)
     match = re.compile(spec).search(relpath)
     if match is None:
-        raise PipelineError(f"{where}: --from-path {spec!r} does not match {relpath}")
+        raise UserError(f"{where}: --from-path {spec!r} does not match {relpath}")
     if "spk" in match.re.groupindex:
         name = match.group("spk")
     elif match.re.groups:
@@ -128,8 +130,8 @@ def speakers_from_path(manifest: Manifest, spec: str) -> List[str]:
         try:
             re.compile(spec)
         except re.error as e:
-            raise PipelineError(f"--from-path {spec!r} is neither {' nor '.join(PATH_KEYWORDS)} nor a valid "
-                                f"regular expression: {e}") from None
+            raise UserError(f"--from-path {spec!r} is neither {' nor '.join(PATH_KEYWORDS)} nor a valid "
+                            f"regular expression: {e}") from None
     return [speaker_from_path(e.relpath, spec, f"{manifest.path}:{e.line}") for e in manifest.entries]
 
 
@@ -140,7 +142,7 @@ def read_spk_file(path: os.PathLike | str) -> List[str]:
     """Speaker names of a ``{split}.spk`` file, one per manifest line."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"speaker file {path} does not exist: create it with speaker_labels.py")
+        raise UserError(f"speaker file {path} does not exist: create it with speaker_labels.py")
     with open(path, encoding="utf-8") as f:
         names = f.read().splitlines()
     return [check_name(name.strip(), f"{path}:{i}") for i, name in enumerate(names, start=1)]
@@ -156,19 +158,19 @@ def read_spk_dict(path_or_dir: os.PathLike | str) -> Dict[str, int]:
     """``{speaker: index}`` of a ``dict.spk.txt`` (index = 0-based line number)."""
     path = dict_path(path_or_dir)
     if not path.is_file():
-        raise PipelineError(f"speaker dictionary {path} does not exist: run speaker_labels.py on the "
-                            f"training split first (without --dict)")
+        raise UserError(f"speaker dictionary {path} does not exist: run speaker_labels.py on the "
+                        f"training split first (without --dict)")
     index: Dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
             parts = line.split()
             if len(parts) != 2 or not parts[1].isdigit():
-                raise PipelineError(f"{path}:{i}: expected 'speaker count', got {line.rstrip()!r}")
+                raise UserError(f"{path}:{i}: expected 'speaker count', got {line.rstrip()!r}")
             if parts[0] in index:
-                raise PipelineError(f"{path}:{i}: speaker {parts[0]} is listed twice")
+                raise UserError(f"{path}:{i}: speaker {parts[0]} is listed twice")
             index[parts[0]] = len(index)
     if not index:
-        raise PipelineError(f"speaker dictionary {path} is empty")
+        raise UserError(f"speaker dictionary {path} is empty")
     return index
 
 
@@ -184,7 +186,7 @@ def main(tsv_dir: str, split: str, lab_dir: str, table: Optional[str] = None, fr
          dict: Optional[str] = None) -> Path:  # noqa: A002 (named like the CLI option)
     """Write ``{lab_dir}/{split}.spk`` (and ``dict.spk.txt`` without ``dict``); returns the ``.spk`` path."""
     if (table is None) == (from_path is None):
-        raise PipelineError("give exactly one of --table and --from-path")
+        raise UserError("give exactly one of --table and --from-path")
     manifest = read_manifest(manifest_path(tsv_dir, split))
     speakers = speakers_from_table(manifest, table) if table else speakers_from_path(manifest, from_path)
     check_writable_dir(lab_dir)
@@ -194,7 +196,7 @@ def main(tsv_dir: str, split: str, lab_dir: str, table: Optional[str] = None, fr
         known = read_spk_dict(dict)
         for entry, spk in zip(manifest.entries, speakers):
             if spk not in known:
-                raise PipelineError(
+                raise UserError(
                     f"{manifest.path}:{entry.line}: utterance {manifest.uid(entry)} has speaker {spk}, which is "
                     f"not in {dict_path(dict)}; speaker labels are closed-set: drop the utterance or label the "
                     f"training split with this speaker too"
@@ -204,8 +206,8 @@ def main(tsv_dir: str, split: str, lab_dir: str, table: Optional[str] = None, fr
             with atomic_output(out_dict) as f:
                 f.write(text)
         elif out_dict.read_text(encoding="utf-8") != text:
-            raise PipelineError(f"{out_dict} differs from --dict {dict_path(dict)}: use another lab_dir or "
-                                f"remove {out_dict}")
+            raise UserError(f"{out_dict} differs from --dict {dict_path(dict)}: use another lab_dir or "
+                            f"remove {out_dict}")
     else:
         text = format_spk_dict(counts)
         if out_dict.exists() and out_dict.read_text(encoding="utf-8") != text:

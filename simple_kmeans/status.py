@@ -45,10 +45,12 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from simple_kmeans.common import (
-    Manifest, PipelineError, feat_paths, kept_entries, label_path, manifest_path, read_lengths,
-    read_manifest, read_skipped_lines, run_cli, shard_stem, skipped_path, temp_files, write_kept_manifest,
-)
+from fairseq_ext.base.atomic import temp_files
+from fairseq_ext.base.bad_audio import kept_entries, read_skipped_lines, skipped_path, write_kept_manifest
+from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import Manifest, manifest_path, read_manifest
+from fairseq_ext.base.shards import feat_paths, label_path, read_lengths, shard_stem
 
 logger = logging.getLogger("status")
 
@@ -107,7 +109,7 @@ def feature_shard(manifest: Optional[Manifest], feat_dir: os.PathLike | str, spl
     try:
         lengths = read_lengths(lenp)
         feats = np.load(npy, mmap_mode="r")
-    except (PipelineError, ValueError, OSError) as e:
+    except (UserError, ValueError, OSError) as e:
         return st.mark("incomplete", f"unreadable: {e}; rerun the shard")
     if feats.ndim != 2 or feats.shape[0] != int(lengths.sum()):
         return st.mark("incomplete", f"inconsistent: {npy.name} has shape {feats.shape} but {lenp.name} sums "
@@ -118,7 +120,7 @@ def feature_shard(manifest: Optional[Manifest], feat_dir: os.PathLike | str, spl
             return st.mark("stale", f"{manifest.path} is newer than {lenp.name}; rerun the shard")
         try:
             expected = len(kept_entries(manifest, nshard, rank, feat_dir, split))
-        except PipelineError as e:
+        except UserError as e:
             return st.mark("stale", f"{e}")
         if len(lengths) != expected:
             return st.mark("stale", f"{len(lengths)} utterances but this shard of {manifest.path.name} has "
@@ -144,7 +146,7 @@ def label_shard(feat_dir: os.PathLike | str, lab_dir: os.PathLike | str, split: 
         return st.mark("stale", f"{km_path} is newer than {km.name}; rerun dump_km_label")
     try:
         lengths = read_lengths(lenp)
-    except PipelineError as e:
+    except UserError as e:
         return st.mark("stale", f"its feature shard is unreadable: {e}")
     counts = np.array([len(line.split()) for line in km.read_bytes().splitlines()], dtype=np.int64)
     if len(counts) != len(lengths):
@@ -216,7 +218,7 @@ def _check_stamp(st: ShardStatus, stamps: Dict[str, dict], outputs: Sequence[Pat
 
 def pipeline_status(out_dir: str, nshard: Optional[int] = None) -> List[ShardStatus]:
     """States of every unit of a ``fairseq-ext-labels`` output folder (features, kmeans, labels, merge)."""
-    from simple_kmeans.runner import digest
+    from fairseq_ext.base.steps import digest
 
     out = Path(out_dir)
     stamps = _read_stamps(out / ".stamps")
@@ -226,7 +228,7 @@ def pipeline_status(out_dir: str, nshard: Optional[int] = None) -> List[ShardSta
     feat_dir, lab_dir, km_path = out / "feat", out / "labels", out / "km.mdl"
     splits = [s for s in ("train", "valid") if manifest_path(tsv_dir, s).is_file()]
     if not splits:
-        raise PipelineError(f"no manifest in {tsv_dir}: is {out} a fairseq-ext-labels output folder?")
+        raise UserError(f"no manifest in {tsv_dir}: is {out} a fairseq-ext-labels output folder?")
     rows: List[ShardStatus] = []
     feat_sig: Dict[str, Optional[str]] = {}
     label_sig: Dict[str, List[Optional[str]]] = {}
@@ -310,11 +312,11 @@ def main(step: str, split: Optional[str] = None, nshard: Optional[int] = None, t
     elif step == "pipeline":
         rows = pipeline_status(out_dir, nshard)
     else:
-        raise PipelineError(f"unknown step {step!r}: use features, labels or pipeline")
+        raise UserError(f"unknown step {step!r}: use features, labels or pipeline")
     if write_kept_manifest_dir:
         bad = [r.unit for r in rows if r.state != "complete"]
         if bad:
-            raise PipelineError(f"cannot write the kept-files manifest: not complete: {', '.join(bad)}")
+            raise UserError(f"cannot write the kept-files manifest: not complete: {', '.join(bad)}")
         write_kept_manifest(tsv_dir, split, nshard, feat_dir, write_kept_manifest_dir)
     if not quiet:
         if todo:

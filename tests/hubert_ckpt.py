@@ -73,7 +73,8 @@ def make_tiny_hubert_checkpoint(
     import torch
     from omegaconf import OmegaConf
 
-    import fairseq_ext  # noqa: F401  (allow-lists Dictionary for torch.load)
+    import fairseq_ext
+    fairseq_ext.register()  # tasks, models, criteria; allow-lists pickled classes
     from fairseq.data import Dictionary
     from fairseq.dataclass.configs import FairseqConfig
     from fairseq.models.hubert import HubertConfig, HubertModel

@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import REPO
 from simple_kmeans import dump_mfcc_feature, dump_pitch_feature, run_shards, status
-from simple_kmeans.common import PipelineError, feat_paths, label_path, resolve_shard, shard_arg
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.shards import feat_paths, label_path, resolve_shard, shard_arg
 
 SLURM = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4",
          "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "3"}
@@ -78,7 +78,7 @@ def test_resolve_shard_errors_name_the_variable(environ, given, message):
     if message is None:  # rank from $RANK is fine
         assert resolve_shard(*given, environ=environ) == (4, 1)
         return
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(UserError, match=message):
         resolve_shard(*given, environ=environ)
 
 
@@ -149,11 +149,11 @@ def test_local_runner(demo_manifest, reference, tmp_path, monkeypatch, caplog):
     assert "shard 1 of 2: rank from $RANK" in (tmp_path / "logs" / "rank1.log").read_text()
     # a failing rank does not stop the others; the error names it and how to redo it
     code = "import os, sys; open(sys.argv[1] + os.environ['RANK'], 'w').close(); sys.exit(3 if {rank} == 1 else 0)"
-    with pytest.raises(PipelineError, match=r"rank\(s\) 1 \(exit 3\) failed.*--ranks 1"):
+    with pytest.raises(UserError, match=r"rank\(s\) 1 \(exit 3\) failed.*--ranks 1"):
         run_shards.main(3, ["--", sys.executable, "-c", code, str(tmp_path / "done")], jobs=2)
     assert sorted(p.name for p in tmp_path.glob("done*")) == ["done0", "done1", "done2"]
     assert run_shards.parse_ranks("0-2,5", 8) == [0, 1, 2, 5] and run_shards.parse_ranks("", 8) == []
-    with pytest.raises(PipelineError, match=r"not in \[0, 4\)"):
+    with pytest.raises(UserError, match=r"not in \[0, 4\)"):
         run_shards.parse_ranks("3-4", 4)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 
 def load_script():
@@ -67,9 +67,9 @@ def test_main_job_trains_probes_and_skips_on_rerun(demo_dir, capsys):
 
 def test_clear_errors(demo_dir, tmp_path):
     dp = load_script()
-    with pytest.raises(PipelineError, match=r"not a finished label-pipeline demo .*simple_kmeans\.pipeline --demo"):
+    with pytest.raises(UserError, match=r"not a finished label-pipeline demo .*simple_kmeans\.pipeline --demo"):
         dp.main(str(tmp_path / "nothing"), max_update=2)
-    with pytest.raises(PipelineError, match="--max-update must be >= 1"):
+    with pytest.raises(UserError, match="--max-update must be >= 1"):
         dp.main(str(demo_dir), max_update=0)
     if not (demo_dir / "dhubert" / "run" / "checkpoints" / "checkpoint_last.pt").exists():
         pytest.skip("needs the checkpoint of the first test")
@@ -80,7 +80,7 @@ def test_clear_errors(demo_dir, tmp_path):
         lines = original.splitlines()
         lines[0] = " ".join("0" for _ in lines[0].split())
         labels.write_text("\n".join(lines) + "\n")
-        with pytest.raises(PipelineError, match="trained on other inputs .*--force"):
+        with pytest.raises(UserError, match="trained on other inputs .*--force"):
             dp.main(str(demo_dir), max_update=6)
     finally:
         labels.write_text(original)
@@ -94,7 +94,7 @@ def test_clear_errors(demo_dir, tmp_path):
         (bad / "labels" / f"{split}.km").write_text("1 2 3\n" * n)
     (bad / "labels" / "dict.km.txt").write_text("0 1\n1 1\n2 1\n3 1\n")
     (bad / "corpus" / "speakers.tsv").write_text((demo_dir / "corpus" / "speakers.tsv").read_text())
-    with pytest.raises(PipelineError, match=r"train\.km:1: 3 labels for \d+ samples fit neither 100 Hz"):
+    with pytest.raises(UserError, match=r"train\.km:1: 3 labels for \d+ samples fit neither 100 Hz"):
         dp.main(str(bad), max_update=2)
 
 

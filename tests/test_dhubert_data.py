@@ -15,7 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from simple_kmeans.common import NpyStreamWriter, PipelineError, shard_range
+from fairseq_ext.base.atomic import NpyStreamWriter
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.shards import shard_range
 
 SR = 16000
 
@@ -115,7 +117,8 @@ def position_corpus(root: Path, lengths: Sequence[int], label_rate: int = 100, p
 
 
 def make_task(paths: Dict[str, Path], label_rate: float = 100.0, **overrides):
-    import fairseq_ext  # noqa: F401
+    import fairseq_ext
+    fairseq_ext.register()  # tasks, models, criteria; allow-lists pickled classes
     from fairseq_ext.tasks.dhubert_pretraining import DHubertPretrainingConfig, DHubertPretrainingTask
 
     cfg = DHubertPretrainingConfig(data=str(paths["data"]), label_dir=str(paths["labels"]), labels=["km"],
@@ -195,7 +198,7 @@ def test_speaker_dict_order_and_checkpointed_state(tmp_path):
 
 def _error(paths, match, **overrides):
     task = make_task(paths, **overrides)
-    with pytest.raises(PipelineError, match=match):
+    with pytest.raises(UserError, match=match):
         task.load_dataset("train")
 
 

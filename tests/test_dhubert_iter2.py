@@ -80,7 +80,7 @@ def iteration1(demo_corpus, tmp_path_factory) -> Dict[str, Path]:
 def test_iteration2_trains_on_50hz_labels_of_the_dhubert_checkpoint(iteration1, tmp_path):
     from simple_kmeans import dump_hubert_feature
     from simple_kmeans.dump_pitch_feature import num_frames
-    from simple_kmeans.common import read_manifest
+    from fairseq_ext.base.manifest import read_manifest
 
     man, feat, lab2 = iteration1["manifest"], tmp_path / "feat", tmp_path / "labels"
     for split in ("train", "valid"):
@@ -114,7 +114,7 @@ def test_iteration2_trains_on_50hz_labels_of_the_dhubert_checkpoint(iteration1, 
 def test_iteration2_labels_with_the_iteration1_rate_are_refused(iteration1, tmp_path):
     """Training the 50 Hz labels with label_rate=100 (+data=iter1) stops with the real rate named."""
     from simple_kmeans import dump_hubert_feature
-    from simple_kmeans.common import PipelineError
+    from fairseq_ext.base.errors import UserError
     from fairseq_ext.tasks.dhubert_pretraining import DHubertPretrainingConfig, DHubertPretrainingTask
 
     man, feat, lab2 = iteration1["manifest"], tmp_path / "feat", tmp_path / "labels"
@@ -123,7 +123,7 @@ def test_iteration2_labels_with_the_iteration1_rate_are_refused(iteration1, tmp_
     kmeans_labels(man, feat, lab2)
     cfg = DHubertPretrainingConfig(data=str(man), label_dir=str(lab2), labels=["km"], label_rate=100.0,
                                    spk_dir=str(iteration1["labels"]), pitch_dir=str(iteration1["pitch"]))
-    with pytest.raises(PipelineError, match=r"look like 50 Hz, not the configured 100 Hz"):
+    with pytest.raises(UserError, match=r"look like 50 Hz, not the configured 100 Hz"):
         DHubertPretrainingTask(cfg).load_dataset("train")
     cfg.label_rate = 50.0
     DHubertPretrainingTask(cfg).load_dataset("train")  # the right rate loads

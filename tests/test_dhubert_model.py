@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import fairseq_ext  # noqa: F401  (registers the plugin)
+import fairseq_ext
+fairseq_ext.register()  # tasks, models, criteria; allow-lists pickled classes
 from fairseq_ext.criteria.dhubert import DHubertCriterion
 from fairseq_ext.criteria.hubert_summable import HubertSummableCriterion
 from fairseq_ext.models.dhubert import DHubertConfig, DHubertModel

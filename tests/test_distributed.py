@@ -57,13 +57,14 @@ def read_digests(digest_dir: Path, world_size: int = 2) -> List[Dict]:
 
 
 def checkpoint_state(path: Path) -> Dict:
-    import fairseq_ext  # noqa: F401  (allow-lists the pickled classes)
+    import fairseq_ext
+    fairseq_ext.register()  # tasks, models, criteria; allow-lists pickled classes
 
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def param_digest_of_checkpoint(path: Path, buffer_names: List[str]) -> str:
-    from fairseq_ext.launch import tensors_digest
+    from fairseq_ext.train_digest import tensors_digest
 
     state = checkpoint_state(path)
     return tensors_digest([(k, v) for k, v in state["model"].items() if k not in set(buffer_names)])
@@ -152,11 +153,11 @@ def test_pase_two_slurm_tasks_gloo(demo_manifest, tmp_path):
 def test_cpu_needs_summable_criterion(tmp_path):
     from omegaconf import OmegaConf
 
-    from fairseq_ext.launch import check_summable_criterion
-    from simple_kmeans.common import PipelineError
+    from fairseq_ext.distributed_config import check_summable_criterion
+    from fairseq_ext.base.errors import UserError
 
     cfg = OmegaConf.create({"common": {"user_dir": str(REPO / "fairseq_ext")}, "criterion": {"_name": "hubert"}})
-    with pytest.raises(PipelineError, match="hubert_summable"):
+    with pytest.raises(UserError, match="hubert_summable"):
         check_summable_criterion(cfg)
     for name in ("hubert_summable", "dhubert", "pase"):
         cfg.criterion._name = name
@@ -167,7 +168,8 @@ def test_configure_distributed_on_cpu():
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf
 
-    from fairseq_ext.launch import DistEnv, configure_distributed, emulate_world_size
+    from fairseq_ext.distributed_config import configure_distributed, emulate_world_size
+    from fairseq_ext.distributed_env import DistEnv
 
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.distributed_training.ddp_backend = "c10d"
@@ -185,7 +187,7 @@ def test_configure_distributed_on_cpu():
 
 def test_launcher_needs_hydra_arguments():
     from fairseq_ext.launch import main
-    from simple_kmeans.common import PipelineError
+    from fairseq_ext.base.errors import UserError
 
-    with pytest.raises(PipelineError, match="--config-name"):
+    with pytest.raises(UserError, match="--config-name"):
         main(nproc_per_node="2", hydra_args=["--", "task.data=/x"])

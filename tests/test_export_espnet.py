@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from simple_kmeans import export_espnet
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_text_token_list_and_scp(labels, tmp_path):
 def test_relpath_ids_and_duplicates(labels, tmp_path):
     tsv, lab = labels
     (tsv / "train.tsv").write_text("/data\nx/utt.wav\t160\ny/utt.wav\t160\nz/other.wav\t160\n")
-    with pytest.raises(PipelineError, match="'utt' is used twice .*--uid-style relpath"):
+    with pytest.raises(UserError, match="'utt' is used twice .*--uid-style relpath"):
         export_espnet.main(str(tsv), str(lab), "train", str(tmp_path / "esp"))
     export_espnet.main(str(tsv), str(lab), "train", str(tmp_path / "esp"), uid_style="relpath", n_clusters=7)
     assert (tmp_path / "esp" / "train" / "text").read_text() == "x-utt 3 3 1\ny-utt 0 4 4 4\nz-other 2\n"
@@ -50,13 +50,13 @@ def test_relpath_ids_and_duplicates(labels, tmp_path):
 
 def test_refusals(labels, tmp_path):
     tsv, lab = labels
-    with pytest.raises(PipelineError, match=r"train.km:1: labels must be integers in 0..2, got .3 3 1."):
+    with pytest.raises(UserError, match=r"train.km:1: labels must be integers in 0..2, got .3 3 1."):
         export_espnet.main(str(tsv), str(lab), "train", str(tmp_path / "esp"), n_clusters=3)
     (lab / "train.km").write_text("1\n")
-    with pytest.raises(PipelineError, match="train.km has 1 lines but .*train.tsv lists 3"):
+    with pytest.raises(UserError, match="train.km has 1 lines but .*train.tsv lists 3"):
         export_espnet.main(str(tsv), str(lab), "train", str(tmp_path / "esp"))
     (lab / "dict.km.txt").unlink()
-    with pytest.raises(PipelineError, match="K unknown"):
+    with pytest.raises(UserError, match="K unknown"):
         export_espnet.main(str(tsv), str(lab), "valid", str(tmp_path / "esp"))
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from simple_kmeans import pipeline
-from simple_kmeans.common import read_lengths, read_manifest
+from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.shards import read_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 K = 20

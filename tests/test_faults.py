@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_manifest
-from simple_kmeans import dump_mfcc_feature, dump_pitch_feature, skip_bad, status
-from simple_kmeans.common import (
-    PipelineError, atomic_output, feat_paths, load_feat_shard, read_manifest, skipped_path,
-)
+from fairseq_ext.base import bad_audio as skip_bad
+from simple_kmeans import dump_mfcc_feature, dump_pitch_feature, status
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.bad_audio import skipped_path
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.shards import load_feat_shard
 
 DUMPERS = {
     "mfcc": ("simple_kmeans.dump_mfcc_feature", {}),
@@ -32,7 +35,7 @@ HARNESS = r"""
 import importlib, json, os, signal, sys
 module, kill_at, kwargs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 d = importlib.import_module(module)
-import simple_kmeans.skip_bad as reader  # the dumpers read audio through BadAudio.read
+import fairseq_ext.base.bad_audio as reader  # the dumpers read audio through BadAudio.read
 count = [0]
 def hook(real):
     def wrapper(*a, **k):
@@ -110,7 +113,7 @@ def test_sigkill_at_seeded_points_then_rerun_is_byte_identical(name, demo_manife
             assert {k: v for k, v in _files(out).items() if not k.startswith(".")} == reference, point
         else:
             assert st.state in ("missing", "incomplete"), (point, st)
-            with pytest.raises(PipelineError, match="does not exist|inconsistent|cannot read"):
+            with pytest.raises(UserError, match="does not exist|inconsistent|cannot read"):
                 load_feat_shard(out, "train", 0, 1)  # what learn_kmeans and dump_km_label read through
         module.main(**_kwargs(name, demo_manifest, out))
         assert _files(out) == reference, point  # same names (no temporary left) and same bytes
@@ -125,7 +128,7 @@ def test_next_step_refuses_an_incomplete_shard(demo_manifest, tmp_path):
     npy, lenp = dump_mfcc_feature.main(str(demo_manifest), "train", 1, 0, str(feat))
     lenp.unlink()
     assert status.feature_shard(None, feat, "train", 0, 1).state == "incomplete"
-    with pytest.raises(PipelineError, match=r"train_0_1\.len does not exist"):
+    with pytest.raises(UserError, match=r"train_0_1\.len does not exist"):
         learn_kmeans.main(str(feat), "train", 1, str(tmp_path / "km.mdl"), 4)
     assert not (tmp_path / "km.mdl").exists()
 
@@ -230,7 +233,7 @@ def test_atomic_output_on_full_disk_keeps_the_previous_file(tmp_path):
     path = tmp_path / "x.txt"
     path.write_text("old\n")
     os.symlink("/dev/full", tmp_path / f".x.txt.tmp{os.getpid()}")
-    with pytest.raises(PipelineError, match="cannot write .*x.txt: No space left on device"):
+    with pytest.raises(UserError, match="cannot write .*x.txt: No space left on device"):
         with atomic_output(path) as f:
             f.write("new\n" * 10)
     assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
@@ -249,13 +252,13 @@ def test_unwritable_output_folder_is_a_clear_error(module, demo_manifest, tmp_pa
 
 
 def test_write_errors_name_the_output(tmp_path):
-    """A folder that cannot be created, and a file that cannot be created, give PipelineErrors."""
-    from simple_kmeans.common import NpyStreamWriter
+    """A folder that cannot be created, and a file that cannot be created, give UserErrors."""
+    from fairseq_ext.base.atomic import NpyStreamWriter
 
     (tmp_path / "file").write_text("x")
-    with pytest.raises(PipelineError, match="cannot create output folder .*file/sub.*Not a directory"):
+    with pytest.raises(UserError, match="cannot create output folder .*file/sub.*Not a directory"):
         NpyStreamWriter(tmp_path / "file" / "sub" / "a.npy", dim=2)
-    with pytest.raises(PipelineError, match="cannot create output folder"):
+    with pytest.raises(UserError, match="cannot create output folder"):
         with atomic_output(tmp_path / "file" / "a.txt"):
             pass
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
@@ -272,7 +275,7 @@ def test_hubert_features_skip_bad_with_rank_from_environment(demo_corpus, tmp_pa
     for var in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
         monkeypatch.delenv(var, raising=False)
     feat = tmp_path / "feat"
-    with pytest.raises(PipelineError, match=r"train.tsv:3: cannot read audio file .*--skip-bad"):
+    with pytest.raises(UserError, match=r"train.tsv:3: cannot read audio file .*--skip-bad"):
         dump_hubert_feature.main(str(man), "train", str(ckpt), 1, "env", "env", str(feat), device="cpu")
     assert status.feature_shard(None, feat, "train", 0, 2).state == "missing"
     dump_hubert_feature.main(str(man), "train", str(ckpt), 1, "env", "env", str(feat), device="cpu", skip_bad=True)

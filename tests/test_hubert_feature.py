@@ -16,7 +16,9 @@ from conftest import REPO, write_manifest
 from tests.hubert_ckpt import make_tiny_hubert_checkpoint
 
 from simple_kmeans import dump_hubert_feature as dhf
-from simple_kmeans.common import PipelineError, load_feat_shard, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.shards import load_feat_shard
 
 
 @pytest.fixture(scope="module")
@@ -219,5 +221,5 @@ def test_not_a_checkpoint(demo_manifest, tmp_path, caplog):
 def test_cuda_requested_without_gpu(base_ckpt, demo_manifest, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    with pytest.raises(PipelineError, match="no CUDA device"):
+    with pytest.raises(UserError, match="no CUDA device"):
         dhf.main(str(demo_manifest), "train", str(base_ckpt), 1, 1, 0, str(tmp_path), device="cuda")

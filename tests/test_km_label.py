@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from simple_kmeans import dump_km_label
-from simple_kmeans.common import NpyStreamWriter, PipelineError
-from simple_kmeans.kmeans_backends import centers_to_estimator
+from fairseq_ext.base.atomic import NpyStreamWriter
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.kmeans.backends import centers_to_estimator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,9 +169,9 @@ def test_dim_mismatch_and_bad_model(setup, tmp_path):
     assert r.returncode == 2
     assert "km8.bin" in r.stderr and "train_0_2.npy" in r.stderr and "8-dim" in r.stderr
     joblib.dump({"not": "a model"}, tmp_path / "junk.bin")
-    with pytest.raises(PipelineError, match="junk.bin.*cluster_centers_"):
+    with pytest.raises(UserError, match="junk.bin.*cluster_centers_"):
         dump_km_label.main(str(feat_dir), "train", str(tmp_path / "junk.bin"), 2, 0, str(tmp_path / "lab"))
-    with pytest.raises(PipelineError, match="missing.bin.*does not exist"):
+    with pytest.raises(UserError, match="missing.bin.*does not exist"):
         dump_km_label.main(str(feat_dir), "train", str(tmp_path / "missing.bin"), 2, 0, str(tmp_path / "lab"))
 
 
@@ -180,7 +181,7 @@ def test_cuda_requested_without_gpu(setup, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     feat_dir, km_path, *_ = setup
-    with pytest.raises(PipelineError, match="--device cuda"):
+    with pytest.raises(UserError, match="--device cuda"):
         dump_km_label.main(str(feat_dir), "train", str(km_path), 2, 0, str(tmp_path / "lab"), device="cuda")
 
 

@@ -11,8 +11,10 @@ import joblib
 import numpy as np
 import pytest
 
+from fairseq_ext.kmeans import sample as feature_sample
 from simple_kmeans import learn_kmeans
-from simple_kmeans.common import NpyStreamWriter, PipelineError
+from fairseq_ext.base.atomic import NpyStreamWriter
+from fairseq_ext.base.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, N_BLOBS = 8, 6
@@ -154,19 +156,19 @@ def test_max_memory_caps_sample(blobs, tmp_path, caplog):
     capped = learn_kmeans.load_sample(str(feat_dir), "train", 2, 0.5, np.random.RandomState(0), budget, 0)
     assert len(capped) == 500 and len({index[row.tobytes()] for row in capped}) == 500
     # reading in blocks of 7 rows gives the same sample
-    shards = learn_kmeans.open_shards(str(feat_dir), "train", 2, 0.5, np.random.RandomState(0))
-    small = learn_kmeans.materialize(shards, 500, np.random.default_rng([0, 1]), block_bytes=4 * DIM * 7)
+    shards = feature_sample.open_shards(str(feat_dir), "train", 2, 0.5, np.random.RandomState(0))
+    small = feature_sample.materialize(shards, 500, np.random.default_rng([0, 1]), block_bytes=4 * DIM * 7)
     np.testing.assert_array_equal(small, capped)
 
 
 def test_sample_positions_uniform():
     gen = np.random.default_rng(0)
-    pos = learn_kmeans.sample_positions(gen, 10_000, 3000, block=1000)  # 10 blocks
+    pos = feature_sample.sample_positions(gen, 10_000, 3000, block=1000)  # 10 blocks
     assert len(pos) == 3000 and len(np.unique(pos)) == 3000 and np.all(np.diff(pos) > 0)
     assert pos.min() >= 0 and pos.max() < 10_000
     counts = np.bincount(pos // 1000, minlength=10)
     assert counts.min() > 240 and counts.max() < 360  # ~300 per block
-    assert len(learn_kmeans.sample_positions(gen, 10, 10)) == 10
+    assert len(feature_sample.sample_positions(gen, 10, 10)) == 10
 
 
 def test_cli_and_rerun_overwrites(blobs, tmp_path):
@@ -214,24 +216,24 @@ def test_bad_inputs(blobs, tmp_path):
     with NpyStreamWriter(d / "train_1_2.npy", 3) as w:
         w.append(np.zeros((11, 3)))
     (d / "train_1_2.len").write_text("11\n")
-    with pytest.raises(PipelineError, match="train_1_2.npy has dimension 3 but .*train_0_2.npy has 8"):
+    with pytest.raises(UserError, match="train_1_2.npy has dimension 3 but .*train_0_2.npy has 8"):
         learn_kmeans.main(str(d), "train", 2, str(tmp_path / "km"), 4, backend="faiss")
-    with pytest.raises(PipelineError, match="fewer than n_clusters"):
+    with pytest.raises(UserError, match="fewer than n_clusters"):
         learn_kmeans.main(str(feat_dir.parent / "mixed"), "train", 1, str(tmp_path / "km"), 50, backend="faiss")
-    with pytest.raises(PipelineError, match="--percent"):
+    with pytest.raises(UserError, match="--percent"):
         learn_kmeans.main(str(d), "train", 1, str(tmp_path / "km"), 4, percent=1.5)
-    with pytest.raises(PipelineError, match="--init"):
+    with pytest.raises(UserError, match="--init"):
         learn_kmeans.main(str(d), "train", 1, str(tmp_path / "km"), 4, backend="faiss", init="bogus")
 
 
 def test_stream_visits_every_frame_and_finds_blobs(blobs, tmp_path):
     """--stream: mini-batches cover each sampled frame once per pass; a fairseq-readable model."""
     from benchmarks.reference import fairseq_example
-    from simple_kmeans.kmeans_stream import batches, pieces
+    from fairseq_ext.kmeans.stream import batches, pieces
 
     feat_dir, _, feats, ids = blobs
     x, y = np.concatenate(feats), np.concatenate(ids)
-    shards = learn_kmeans.open_shards(str(feat_dir), "train", 2, -1, np.random.RandomState(0))
+    shards = feature_sample.open_shards(str(feat_dir), "train", 2, -1, np.random.RandomState(0))
     table = pieces(shards, 7)
     got = np.concatenate([b.copy() for b in batches(shards, table, 50, np.random.default_rng(0))])
     assert table[:, 2].max() == 7 and len(got) == len(x)
@@ -251,7 +253,7 @@ def test_stream_visits_every_frame_and_finds_blobs(blobs, tmp_path):
     s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "c.km"), N_BLOBS, percent=0.2, **kw)
     assert s.n_frames == learn_kmeans.load_sample(str(feat_dir), "train", 2, 0.2, np.random.RandomState(0),
                                                   None, 0).shape[0]
-    with pytest.raises(PipelineError, match="--stream reads the frames .* --backend torch"):
+    with pytest.raises(UserError, match="--stream reads the frames .* --backend torch"):
         learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "d.km"), N_BLOBS, backend="faiss", stream=True)
 
 
@@ -260,7 +262,7 @@ def test_stream_visits_every_frame_and_finds_blobs(blobs, tmp_path):
 
 def test_torch_inertia_matches_faiss(tmp_path):
     """Same seeding, Lloyd in torch vs faiss: inertia within 0.5% on unstructured data (hard case)."""
-    from simple_kmeans.kmeans_backends import inertia
+    from fairseq_ext.kmeans.backends import inertia
 
     feat_dir = tmp_path / "noise"
     feat_dir.mkdir()
@@ -275,7 +277,7 @@ def test_torch_inertia_matches_faiss(tmp_path):
         assert s.n_frames == len(x) and s.backend == backend
     assert abs(got["torch"] / got["faiss"] - 1) < 0.005, got
     # and both clearly improve on their common k-means++ start
-    from simple_kmeans.kmeans_backends import seed_centers
+    from fairseq_ext.kmeans.backends import seed_centers
 
     assert got["torch"] < 0.9 * inertia(x, seed_centers(x, 16, 4))
 
@@ -300,7 +302,7 @@ def test_torch_stream_and_chunks_give_the_same_centers(blobs, tmp_path):
 def test_torch_reseeds_empty_clusters_with_farthest_frames():
     import torch
 
-    from simple_kmeans.kmeans_torch import ArrayFrames, lloyd
+    from fairseq_ext.kmeans.torch_lloyd import ArrayFrames, lloyd
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal((200, 2)), [[30.0, 0.0]]]).astype(np.float32)
@@ -321,9 +323,9 @@ def test_torch_reseeds_empty_clusters_with_farthest_frames():
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")
 def test_torch_device_cuda_without_cuda(blobs, tmp_path):
     feat_dir = blobs[0]
-    with pytest.raises(PipelineError, match="--device cuda: .*no CUDA device.*--device cpu"):
+    with pytest.raises(UserError, match="--device cuda: .*no CUDA device.*--device cpu"):
         learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "km"), 4, backend="torch", device="cuda")
-    with pytest.raises(PipelineError, match="unknown --device 'gpu'"):
+    with pytest.raises(UserError, match="unknown --device 'gpu'"):
         learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "km"), 4, backend="torch", device="gpu")
     r = _cli([feat_dir, "train", 2, tmp_path / "km", 4, "--backend", "torch", "--device", "cuda"])
     assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr

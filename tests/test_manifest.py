@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 
 from simple_kmeans import manifest
-from simple_kmeans.common import PipelineError, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def bad_corpus(corpus) -> Path:
 
 
 def test_bad_files_are_fatal_and_all_listed(bad_corpus, tmp_path):
-    with pytest.raises(PipelineError) as err:
+    with pytest.raises(UserError) as err:
         manifest.main(str(bad_corpus), str(tmp_path / "m"), valid_percent=0)
     msg = str(err.value)
     assert "3 of 13" in msg

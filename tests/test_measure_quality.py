@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.reference import fairseq_example
 from simple_kmeans import measure_quality
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PHONES = ["AA1", "AE0", "IY1", "S", "SH", "T", "sil", "M", "N2"]
@@ -138,9 +138,9 @@ def test_statistics_without_references(tmp_path):
 def test_errors_name_files(tmp_path):
     tsv, lab, phn = _make(tmp_path)
     (lab / "valid.km").write_text("1 2\n")
-    with pytest.raises(PipelineError, match="valid.km has 1 lines but .*valid.tsv lists 4"):
+    with pytest.raises(UserError, match="valid.km has 1 lines but .*valid.tsv lists 4"):
         measure_quality.main(str(tsv), str(lab), "km", quiet=True)
-    with pytest.raises(PipelineError, match="missing.tsv does not exist"):
+    with pytest.raises(UserError, match="missing.tsv does not exist"):
         measure_quality.main(str(tsv), str(lab), "km", lab_sets=["train"], phn_dir=str(phn),
                              phn_sets=["missing"], quiet=True)
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from simple_kmeans import merge_labels
-from simple_kmeans.common import NpyStreamWriter, PipelineError, atomic_output, feat_paths, label_path, shard_range
+from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.shards import feat_paths, label_path, shard_range
 
 REPO = Path(__file__).resolve().parents[1]
 N_UTTS, NSHARD, K = 7, 3, 10
@@ -81,7 +83,7 @@ def test_k_from_model(shards, tmp_path):
 
 def test_missing_shard_refused(shards):
     label_path(shards["lab"], "train", 1, NSHARD).unlink()
-    with pytest.raises(PipelineError, match=f"train_1_{NSHARD}.km"):
+    with pytest.raises(UserError, match=f"train_1_{NSHARD}.km"):
         merge_labels.main(str(shards["lab"]), "train", NSHARD, n_clusters=K)
     assert not (shards["lab"] / "train.km").exists()
 
@@ -89,7 +91,7 @@ def test_missing_shard_refused(shards):
 def test_line_count_mismatch_with_manifest(shards):
     p = label_path(shards["lab"], "train", 2, NSHARD)
     p.write_text("".join(p.read_text().splitlines(keepends=True)[:-1]))
-    with pytest.raises(PipelineError, match=rf"train_2_{NSHARD}.km has 1 lines but shard 2/{NSHARD}"):
+    with pytest.raises(UserError, match=rf"train_2_{NSHARD}.km has 1 lines but shard 2/{NSHARD}"):
         merge_labels.main(str(shards["lab"]), "train", NSHARD, tsv_dir=str(shards["tsv"]), n_clusters=K)
 
 
@@ -98,7 +100,7 @@ def test_frames_mismatch_with_features(shards):
     lines = p.read_text().splitlines()
     lines[1] += " 3"
     p.write_text("\n".join(lines) + "\n")
-    with pytest.raises(PipelineError, match=rf"train_0_{NSHARD}.km:2: 7 labels but .*train_0_{NSHARD}.len:2 says 6 frames"):
+    with pytest.raises(UserError, match=rf"train_0_{NSHARD}.km:2: 7 labels but .*train_0_{NSHARD}.len:2 says 6 frames"):
         merge_labels.main(str(shards["lab"]), "train", NSHARD, feat_dir=str(shards["feat"]), n_clusters=K)
 
 
@@ -106,10 +108,10 @@ def test_bad_and_out_of_range_labels(shards):
     p = label_path(shards["lab"], "train", 1, NSHARD)
     good = p.read_text()
     p.write_text(good.replace(good.split()[0], "x7", 1))
-    with pytest.raises(PipelineError, match=rf"train_1_{NSHARD}.km:1: 'x7' is not an integer"):
+    with pytest.raises(UserError, match=rf"train_1_{NSHARD}.km:1: 'x7' is not an integer"):
         merge_labels.main(str(shards["lab"]), "train", NSHARD, n_clusters=K)
     p.write_text(good)
-    with pytest.raises(PipelineError, match="out of range for K=3"):
+    with pytest.raises(UserError, match="out of range for K=3"):
         merge_labels.main(str(shards["lab"]), "train", NSHARD, n_clusters=3)
 
 

@@ -21,7 +21,8 @@ import soundfile as sf
 
 from conftest import REPO, write_manifest
 from simple_kmeans import dump_mfcc_feature
-from simple_kmeans.common import PipelineError, load_feat_shard, read_lengths
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.shards import load_feat_shard, read_lengths
 from simple_kmeans.mfcc import MfccExtractor, add_deltas, compute_deltas, get_extractor, mfcc_features
 
 FIXTURE = Path(__file__).parent / "data" / "mfcc_reference.npz"
@@ -250,7 +251,7 @@ def test_too_many_shards(demo_manifest, tmp_path, caplog):
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as e:
         dump_mfcc_feature.cli([str(demo_manifest), "train", "13", "0", str(tmp_path / "feat")])
     assert e.value.code == 2 and "nshard=13" in caplog.text and "12" in caplog.text
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         dump_mfcc_feature.main(str(tmp_path), "train", 1, 0, str(tmp_path / "feat"))
 
 
@@ -262,7 +263,7 @@ def test_failed_rerun_leaves_no_finished_looking_shard(demo_manifest, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "train.tsv").write_text("\n".join(tsv[:6] + ["nope.wav\t16000"] + tsv[6:]) + "\n")
-    with pytest.raises(PipelineError, match="train.tsv:7: audio file .*nope.wav does not exist"):
+    with pytest.raises(UserError, match="train.tsv:7: audio file .*nope.wav does not exist"):
         dump_mfcc_feature.main(str(broken), "train", 1, 0, str(out))
     assert list(out.iterdir()) == []
 
@@ -272,7 +273,8 @@ def test_killed_job_leaves_only_temp_files(demo_manifest, tmp_path):
     out = tmp_path / "feat"
     code = (
         "import os, signal, sys\n"
-        "from simple_kmeans import dump_mfcc_feature as d, skip_bad\n"  # the dumper reads through BadAudio.read
+        "from simple_kmeans import dump_mfcc_feature as d\n"
+        "from fairseq_ext.base import bad_audio as skip_bad\n"  # the dumper reads through BadAudio.read
         "calls = []\n"
         "real = skip_bad.read_audio\n"
         "def read_audio(*a, **k):\n"
@@ -288,7 +290,7 @@ def test_killed_job_leaves_only_temp_files(demo_manifest, tmp_path):
     assert r.returncode == -9, r.stderr
     left = sorted(p.name for p in out.iterdir())
     assert left and all(name.startswith(".train_0_1.") and ".tmp" in name for name in left), left
-    with pytest.raises(PipelineError):
+    with pytest.raises(UserError):
         load_feat_shard(out, "train", 0, 1)
     dump_mfcc_feature.main(str(demo_manifest), "train", 1, 0, str(out))
     assert sorted(p.name for p in out.iterdir()) == ["train_0_1.len", "train_0_1.npy"]

@@ -30,7 +30,7 @@ from fairseq_ext.modules.pase_workers.fbank import log_mel_energies
 from fairseq_ext.modules.pase_workers.mfcc import dct_matrix
 from fairseq_ext.modules.pase_workers.prosody import estimate_f0
 from fairseq_ext.modules.sincnet import SincConv1d
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ENCODER = dict(sinc_filters=8, sinc_kernel_size=51, conv_channels=[8, 8, 8, 8, 8, 16, 16], emb_dim=16)
@@ -361,7 +361,7 @@ def test_dataset_short_utterances_pad_or_skip(tmp_path):
     assert all(ds[i]["negative_id"] != i for i in range(3))
     skip = PaseChunkDataset(str(tsv), chunk_size=4000, short_utterances="skip")
     assert len(skip) == 2
-    with pytest.raises(PipelineError, match="no utterance is long enough"):
+    with pytest.raises(UserError, match="no utterance is long enough"):
         PaseChunkDataset(str(tsv), chunk_size=7000, short_utterances="skip")
     # chunks are reproducible for a given epoch and change across epochs (training)
     ds.set_epoch(1)
@@ -403,9 +403,9 @@ def test_stats_script_and_loading(demo_manifest, tmp_path):
     model(0.1 * torch.randn(2, 3200))  # loads the file on the first forward
     w = model.workers["prosody"]
     assert int(w.stats_source) == 1 and torch.allclose(w.target_mean, torch.tensor(stats["workers"]["prosody"]["mean"]))
-    with pytest.raises(PipelineError, match="were computed with"):
+    with pytest.raises(UserError, match="were computed with"):
         tiny_model({"mfcc": {"n_mfcc": 13}}, target_stats=str(out))(torch.randn(1, 3200))
-    with pytest.raises(PipelineError, match="no statistics for worker 'lps_long'"):
+    with pytest.raises(UserError, match="no statistics for worker 'lps_long'"):
         load_target_stats(str(out), {"lps_long": build_worker("lps_long", {"type": "lps"}, 16, 16000, 160)})
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         tiny_model({"mfcc": {}}, target_stats=str(tmp_path / "missing.json"))(torch.randn(1, 3200))

@@ -170,9 +170,9 @@ def test_frozen_feature_extractor_on_trained_checkpoint(trained):
 
 def test_not_a_pase_checkpoint(tmp_path):
     from fairseq_ext.pase_features import build_pase_feature_extractor
-    from simple_kmeans.common import PipelineError
+    from fairseq_ext.base.errors import UserError
 
     path = tmp_path / "other.pt"
     torch.save({"cfg": {"model": {"_name": "hubert"}}, "model": {}}, path)
-    with pytest.raises(PipelineError, match="not a PASE checkpoint"):
+    with pytest.raises(UserError, match="not a PASE checkpoint"):
         build_pase_feature_extractor(str(path))

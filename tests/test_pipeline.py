@@ -13,7 +13,9 @@ import pytest
 import soundfile as sf
 
 from simple_kmeans import pipeline
-from simple_kmeans.common import PipelineError, read_lengths, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.shards import read_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 K = 16
@@ -120,9 +122,9 @@ def test_tsv_dir_mode_and_errors(first_run, demo_corpus, tmp_path):
                         quiet=True)
     assert res["splits"] == ["train", "valid"] and "manifest" not in res["ran"]
     assert (tmp_path / "o" / "labels" / "train.km").exists()
-    with pytest.raises(PipelineError, match="needs --ckpt"):
+    with pytest.raises(UserError, match="needs --ckpt"):
         pipeline.main(str(demo_corpus / "wav"), str(tmp_path / "h"), feature="hubert")
-    with pytest.raises(PipelineError, match="usage"):
+    with pytest.raises(UserError, match="usage"):
         pipeline.main(str(demo_corpus / "wav"))
 
 
@@ -174,7 +176,7 @@ def test_second_run_on_same_folder_is_refused(tmp_path):
     (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running pipeline holds it
-        with pytest.raises(PipelineError, match="another fairseq-ext-labels is running"):
+        with pytest.raises(UserError, match="another process is running fairseq-ext-labels"):
             pipeline.main(demo=str(tmp_path / "out"), quiet=True)
 
 
@@ -187,7 +189,7 @@ def test_failing_worker_names_unit_and_keeps_finished_shards(demo_corpus, tmp_pa
     rel, n = lines[-1].split("\t")
     lines[-1] = f"{rel}\t{int(n) + 7}"  # last utterance (shard 1 of 2) has the wrong length
     tsv.write_text("\n".join(lines) + "\n")
-    with pytest.raises(PipelineError, match=r"features/train_1_2: .*manifest says"):
+    with pytest.raises(UserError, match=r"features/train_1_2: .*manifest says"):
         pipeline.main(str(tmp_path / "out"), tsv_dir=str(tmp_path / "m"), nshard=2, jobs=2, quiet=True)
     stamps = sorted(p.name for p in (tmp_path / "out" / ".stamps").iterdir())
     assert stamps == ["features__train_0_2.json"]

@@ -15,7 +15,9 @@ import soundfile as sf
 
 from simple_kmeans import dump_pitch_feature as dpf
 from simple_kmeans import pitch_stats
-from simple_kmeans.common import PipelineError, load_feat_shard, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.shards import load_feat_shard
 from tests.conftest import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,9 +168,9 @@ def test_harvest_method_agrees_with_dio(demo_manifest):
 
 
 def test_bad_options():
-    with pytest.raises(PipelineError, match="f0-floor"):
+    with pytest.raises(UserError, match="f0-floor"):
         dpf.PitchExtractor(50, f0_floor=400, f0_ceil=60)
-    with pytest.raises(PipelineError, match="frame-rate"):
+    with pytest.raises(UserError, match="frame-rate"):
         dpf.PitchExtractor(25)
 
 
@@ -216,9 +218,9 @@ def test_stats_merge_global_and_per_speaker(dumped, demo_manifest, demo_corpus, 
 def test_stats_errors(dumped, tmp_path):
     bad = tmp_path / "bad.spk"
     bad.write_text("spk00\n")
-    with pytest.raises(PipelineError, match="one speaker per manifest line"):
+    with pytest.raises(UserError, match="one speaker per manifest line"):
         pitch_stats.merge_stats(str(dumped / "f50"), "train", 2, spk_file=str(bad))
-    with pytest.raises(PipelineError, match=r"train_0_3\.pitch_stats\.json does not exist"):
+    with pytest.raises(UserError, match=r"train_0_3\.pitch_stats\.json does not exist"):
         pitch_stats.merge_stats(str(dumped / "f50"), "train", 3)
 
 

@@ -22,7 +22,8 @@ from fairseq_ext.probe import (
     speaker_id_probe,
     speaker_split,
 )
-from simple_kmeans.common import PipelineError, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
 from tests.hubert_ckpt import make_tiny_hubert_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_speaker_probe_separates_informative_from_random_features():
         tr, te = speaker_split(speakers, 0.25, seed=seed)
         accs.append(speaker_id_probe(rng.standard_normal(informative.shape), speakers, tr, te, seed)["spk_acc"])
     assert np.mean(accs) < 1 / n_spk + 0.15
-    with pytest.raises(PipelineError, match="at least 2 speakers"):
+    with pytest.raises(UserError, match="at least 2 speakers"):
         speaker_id_probe(informative[:8], speakers[:8], *speaker_split(speakers[:8]))
 
 
@@ -79,7 +80,7 @@ def test_code_metrics_match_definitions():
     assert m["spk_purity"] == pytest.approx(1.0)  # one speaker: every code is pure
     m = code_metrics({"u": np.array([0, 1, 0, 1])}, phones, None, phone_upsample=2)
     assert m["pnmi"] == pytest.approx(0.0, abs=1e-6) and m["phone_purity"] == pytest.approx(0.5)
-    with pytest.raises(PipelineError, match="phone references"):
+    with pytest.raises(UserError, match="phone references"):
         code_metrics(codes, {"other": ["a"]}, None)
 
 
@@ -138,7 +139,7 @@ def test_layer_features_equal_extract_features(tiny_ckpt, demo_manifest):
     for n in (len(wav), 16000, 16319, 16320, 16321):
         assert extractor.num_frames(n) == dpf.num_frames(n, 50) == len(extractor(np.zeros(n), [1])[1])
     assert extractor(np.zeros(300, dtype=np.float32), [0, 2])[2].shape == (0, 64)  # shorter than one frame
-    with pytest.raises(PipelineError, match="out of range"):
+    with pytest.raises(UserError, match="out of range"):
         extractor(wav, [4])
 
 
@@ -172,6 +173,6 @@ def test_cli_end_to_end(tiny_ckpt, demo_corpus, demo_manifest, tmp_path):
     spec = importlib.util.spec_from_file_location("probe_script", REPO / "scripts" / "probe.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    with pytest.raises(PipelineError, match=r"--layers '7': the model has layers 1\.\.3"):
+    with pytest.raises(UserError, match=r"--layers '7': the model has layers 1\.\.3"):
         script.main(str(demo_manifest / "train.tsv"), str(tiny_ckpt), layers="7", spk_file=str(spk_file),
                     device="cpu")

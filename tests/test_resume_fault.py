@@ -152,8 +152,8 @@ def test_truncated_checkpoint_last_falls_back(faults):
 
 
 def test_resume_fallback_choice(tmp_path):
-    from fairseq_ext.launch import resume_fallback
-    from simple_kmeans.common import PipelineError
+    from fairseq_ext.resume_guard import resume_fallback
+    from fairseq_ext.base.errors import UserError
 
     def write_zip(path: Path, mtime: float) -> None:
         with zipfile.ZipFile(path, "w") as z:
@@ -171,5 +171,5 @@ def test_resume_fallback_choice(tmp_path):
     assert resume_fallback(str(tmp_path)) == str(tmp_path / "checkpoint_2_40.pt")
     for name in ("checkpoint_best.pt", "checkpoint_2_40.pt"):
         (tmp_path / name).unlink()
-    with pytest.raises(PipelineError, match="no other complete checkpoint"):
+    with pytest.raises(UserError, match="no other complete checkpoint"):
         resume_fallback(str(tmp_path))

@@ -16,7 +16,9 @@ import pytest
 
 from simple_kmeans import (dump_km_label, dump_mfcc_feature, dump_pitch_feature, learn_kmeans, merge_labels,
                            pipeline, pitch_stats, speaker_labels)
-from simple_kmeans.common import PipelineError, read_manifest, write_kept_manifest
+from fairseq_ext.base.bad_audio import write_kept_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
 from test_faults import _corrupt_corpus  # 8 demo files; line 3 garbage (shard 0), line 7 truncated (shard 1)
 
 K = 4
@@ -55,9 +57,9 @@ def test_label_steps_follow_the_kept_files(corrupt, caplog):
     assert "the feature shard left out 1 bad file(s)" in caplog.text and "train_1_2.skipped.tsv" in caplog.text
 
     # without --feat-dir, the counts against the manifest cannot know the skipped files
-    with pytest.raises(PipelineError, match=r"train_0_2.km has 3 lines but shard 0/2 .* has 4 .*pass --feat-dir"):
+    with pytest.raises(UserError, match=r"train_0_2.km has 3 lines but shard 0/2 .* has 4 .*pass --feat-dir"):
         merge_labels.main(str(lab), "train", 2, tsv_dir=str(man), n_clusters=K)
-    with pytest.raises(PipelineError, match="--kept-manifest-dir needs --tsv-dir"):
+    with pytest.raises(UserError, match="--kept-manifest-dir needs --tsv-dir"):
         merge_labels.main(str(lab), "train", 2, feat_dir=str(feat), kept_manifest_dir=str(kept_dir))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="merge_labels"):
@@ -72,12 +74,12 @@ def test_label_steps_follow_the_kept_files(corrupt, caplog):
     _check_hubert_dataset(kept_dir / "train.tsv", lab / "train.km", 6)
 
     # the kept manifest given where the original one is expected: refused, never silently misaligned
-    with pytest.raises(PipelineError, match=r"lists .* at line 3 of the manifest.*not the kept-files manifest"):
+    with pytest.raises(UserError, match=r"lists .* at line 3 of the manifest.*not the kept-files manifest"):
         merge_labels.main(str(lab), "train", 2, tsv_dir=str(kept_dir), feat_dir=str(feat), n_clusters=K)
     # a label shard that lost a line is still caught, naming the skipped count
     shard = lab / "train_1_2.km"
     shard.write_text("".join(shard.read_text().splitlines(keepends=True)[:-1]))
-    with pytest.raises(PipelineError, match=r"train_1_2.km has 2 lines but shard 1/2 .* has 3 utterances "
+    with pytest.raises(UserError, match=r"train_1_2.km has 2 lines but shard 1/2 .* has 3 utterances "
                                             r"\(lines 6-9 minus 1 skipped\)"):
         merge_labels.main(str(lab), "train", 2, tsv_dir=str(man), feat_dir=str(feat), n_clusters=K)
 
@@ -105,7 +107,7 @@ def test_speakers_and_pitch_stats_follow_the_kept_files(corrupt, demo_corpus):
     path = pitch_stats.main(str(feat), "train", 2, spk_file=str(full_spk), tsv_dir=str(man))
     assert json.loads(path.read_text()) == json.loads(json.dumps(reference))
     # ... and refused without it (a shifted speaker list would mis-assign speakers)
-    with pytest.raises(PipelineError, match=r"has 8 lines but the pitch shards of train hold 6 utterances "
+    with pytest.raises(UserError, match=r"has 8 lines but the pitch shards of train hold 6 utterances "
                                             r"\(2 skipped by --skip-bad\).*--tsv-dir"):
         pitch_stats.merge_stats(str(feat), "train", 2, str(full_spk))
 
@@ -113,7 +115,7 @@ def test_speakers_and_pitch_stats_follow_the_kept_files(corrupt, demo_corpus):
 def test_pipeline_skip_bad_end_to_end(corrupt, capsys):
     man, bad, tmp = corrupt["man"], corrupt["bad"], corrupt["tmp"]
     out = tmp / "out"
-    with pytest.raises(PipelineError, match=rf"train.tsv:3: cannot read audio file {bad[0]}.*--skip-bad"):
+    with pytest.raises(UserError, match=rf"train.tsv:3: cannot read audio file {bad[0]}.*--skip-bad"):
         pipeline.main(str(out), tsv_dir=str(man), nshard=2, jobs=1, n_clusters=K, quiet=True)
 
     res = pipeline.main(str(out), tsv_dir=str(man), nshard=2, jobs=1, n_clusters=K, skip_bad=True)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import fairseq_ext  # noqa: F401  (registers the plugin)
+import fairseq_ext
+fairseq_ext.register()  # tasks, models, criteria; allow-lists pickled classes
 from fairseq_ext.criteria.dhubert import DHubertCriterion
 from test_dhubert_model import build, fixed_masks, task_and_batch  # noqa: F401  (fixtures)
 

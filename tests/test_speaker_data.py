@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fairseq_ext.tasks.speaker_classification import SpeakerClassificationConfig, SpeakerClassificationTask
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 
 def make_homework_layout(root: Path, n_speakers: int = 3, utts: int = 6, n_mels: int = 40, n_test: int = 4,
@@ -138,14 +138,14 @@ def _edit_metadata(root: Path, fn) -> None:
 def test_missing_feature_path_names_the_utterance(tmp_path):
     root = make_homework_layout(tmp_path / "hw")
     _edit_metadata(root, lambda m: m["speakers"]["id10002"][3].pop("feature_path"))
-    with pytest.raises(PipelineError, match=r"metadata.json: speaker 'id10002' utterance #3 has no 'feature_path'"):
+    with pytest.raises(UserError, match=r"metadata.json: speaker 'id10002' utterance #3 has no 'feature_path'"):
         _task(root, input_type="homework").load_dataset("train")
 
 
 def test_missing_feature_file_names_the_file(tmp_path):
     root = make_homework_layout(tmp_path / "hw")
     (root / "uttr-1_2.pt").unlink()
-    with pytest.raises(PipelineError, match=r"uttr-1_2\.pt does not exist"):
+    with pytest.raises(UserError, match=r"uttr-1_2\.pt does not exist"):
         _task(root, input_type="homework").load_dataset("train")
 
 
@@ -156,14 +156,14 @@ def test_feature_dim_mismatch_names_the_file(tmp_path):
     task.load_dataset("train")
     ds = task.datasets["train"]
     i = next(k for k, u in enumerate(ds.items) if u.uid == "uttr-0_0.pt")
-    with pytest.raises(PipelineError, match=r"uttr-0_0\.pt has feature dimension 30 but n_mels is 40"):
+    with pytest.raises(UserError, match=r"uttr-0_0\.pt has feature dimension 30 but n_mels is 40"):
         ds[i]
 
 
 def test_speaker_absent_from_mapping(tmp_path):
     root = make_homework_layout(tmp_path / "hw")
     _edit_metadata(root, lambda m: m["speakers"].__setitem__("id99999", m["speakers"]["id10001"][:2]))
-    with pytest.raises(PipelineError, match=r"speaker 'id99999' is not in .*mapping\.json"):
+    with pytest.raises(UserError, match=r"speaker 'id99999' is not in .*mapping\.json"):
         _task(root, input_type="homework").load_dataset("train")
 
 
@@ -172,19 +172,19 @@ def test_empty_class_is_an_error(tmp_path, demo_corpus):
 
     root = make_homework_layout(tmp_path / "hw")
     _edit_metadata(root, lambda m: m["speakers"].__setitem__("id10003", []))
-    with pytest.raises(PipelineError, match=r"speaker 'id10003' has no utterances \(empty class\)"):
+    with pytest.raises(UserError, match=r"speaker 'id10003' has no utterances \(empty class\)"):
         _task(root, input_type="homework").load_dataset("train")
     tree = tmp_path / "tree"
     for spk in ("a", "b"):
         (tree / spk).mkdir(parents=True)
     shutil.copy(demo_corpus / "wav" / "spk00" / "spk00_000.wav", tree / "a" / "x.wav")
-    with pytest.raises(PipelineError, match=r"class folder .*/b holds no audio files"):
+    with pytest.raises(UserError, match=r"class folder .*/b holds no audio files"):
         _task(tree).labels
     # a label of dict.lbl.txt without training utterances
     man = tmp_path / "man"
     write_labeled_manifest(demo_corpus, man)
     (man / "dict.lbl.txt").write_text("spk00 4\nspk01 4\nspk02 4\nspk09 0\n")
-    with pytest.raises(PipelineError, match=r"\['spk09'\] have no training utterance"):
+    with pytest.raises(UserError, match=r"\['spk09'\] have no training utterance"):
         _task(man, valid_percent=0.25).load_dataset("train")
 
 
@@ -194,15 +194,15 @@ def test_manifest_label_errors_name_file_and_line(demo_corpus, tmp_path):
     lines = (tmp_path / "train.lbl").read_text().splitlines()
     lines[4] = "spk77"
     (tmp_path / "train.lbl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(PipelineError, match=r"train\.lbl:5: label 'spk77' is not in the label inventory"):
+    with pytest.raises(UserError, match=r"train\.lbl:5: label 'spk77' is not in the label inventory"):
         _task(tmp_path).load_dataset("train")
     (tmp_path / "train.lbl").write_text("\n".join(lines[:-2]) + "\n")
-    with pytest.raises(PipelineError, match=r"train\.lbl has 10 labels but its manifest lists 12"):
+    with pytest.raises(UserError, match=r"train\.lbl has 10 labels but its manifest lists 12"):
         _task(tmp_path).load_dataset("train")
     (tmp_path / "train.lbl").unlink()
     (tmp_path / "dict.lbl.txt").unlink()
-    with pytest.raises(PipelineError, match=r"train\.lbl does not exist"):
+    with pytest.raises(UserError, match=r"train\.lbl does not exist"):
         _task(tmp_path).labels
     write_labeled_manifest(demo_corpus, tmp_path)
-    with pytest.raises(PipelineError, match="task.valid_percent > 0"):
+    with pytest.raises(UserError, match="task.valid_percent > 0"):
         _task(tmp_path, valid_percent=0.0).load_dataset("valid")

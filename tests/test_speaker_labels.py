@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from simple_kmeans import speaker_labels as sl
-from simple_kmeans.common import PipelineError, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
 from tests.conftest import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,11 +44,11 @@ def test_from_path_regex_and_grandparent(demo_corpus, demo_manifest, tmp_path):
     assert sl.speaker_from_path("103/1240/103-1240-0000.flac", "grandparent") == "103"
     assert sl.speaker_from_path("103/1240/103-1240-0000.flac", "parent") == "1240"
     assert sl.speaker_from_path("103/1240/103-1240-0000.flac", r"[0-9]+(?=-)") == "103"
-    with pytest.raises(PipelineError, match="no grandparent folder"):
+    with pytest.raises(UserError, match="no grandparent folder"):
         sl.speaker_from_path("spk00/x.wav", "grandparent", "train.tsv:2")
-    with pytest.raises(PipelineError, match=r"train\.tsv:\d+: --from-path .* does not match"):
+    with pytest.raises(UserError, match=r"train\.tsv:\d+: --from-path .* does not match"):
         sl.main(str(demo_manifest), "train", str(tmp_path / "r3"), from_path=r"^nomatch")
-    with pytest.raises(PipelineError, match="regular expression"):
+    with pytest.raises(UserError, match="regular expression"):
         sl.main(str(demo_manifest), "train", str(tmp_path / "r4"), from_path="(")
 
 
@@ -71,7 +72,7 @@ def test_unknown_speaker_in_valid_is_an_error(demo_corpus, demo_manifest, tmp_pa
     wav.parent.mkdir(parents=True)
     wav.write_bytes((demo_corpus / "wav" / "spk00" / "spk00_000.wav").read_bytes())
     write_manifest(tmp_path / "audio", tmp_path / "m" / "valid.tsv")
-    with pytest.raises(PipelineError, match=r"valid\.tsv:2: utterance spk09_000 has speaker spk09, which is not in"):
+    with pytest.raises(UserError, match=r"valid\.tsv:2: utterance spk09_000 has speaker spk09, which is not in"):
         sl.main(str(tmp_path / "m"), "valid", str(tmp_path / "lab"), from_path="parent", dict=str(tmp_path / "lab"))
     assert not (tmp_path / "lab" / "valid.spk").exists()
 
@@ -82,7 +83,7 @@ def test_missing_speaker_in_table_is_an_error(demo_corpus, demo_manifest, tmp_pa
     table.write_text("\n".join(line for line in lines if not line.startswith("spk01_002")) + "\n")
     manifest = read_manifest(demo_manifest / "train.tsv")
     line = next(e.line for e in manifest.entries if manifest.uid(e) == "spk01_002")
-    with pytest.raises(PipelineError, match=rf"train\.tsv:{line}: utterance spk01_002 .* has no speaker"):
+    with pytest.raises(UserError, match=rf"train\.tsv:{line}: utterance spk01_002 .* has no speaker"):
         sl.main(str(demo_manifest), "train", str(tmp_path / "lab"), table=str(table))
     assert not (tmp_path / "lab" / "train.spk").exists()
 
@@ -90,18 +91,18 @@ def test_missing_speaker_in_table_is_an_error(demo_corpus, demo_manifest, tmp_pa
 def test_table_and_dict_errors(tmp_path):
     table = tmp_path / "t.tsv"
     table.write_text("u1\ta\nu1\tb\n")
-    with pytest.raises(PipelineError, match=r"t\.tsv:2: utterance u1 is listed with two speakers"):
+    with pytest.raises(UserError, match=r"t\.tsv:2: utterance u1 is listed with two speakers"):
         sl.read_speaker_table(table)
     table.write_text("u1\ta b\n")
-    with pytest.raises(PipelineError, match=r"t\.tsv:1: expected"):
+    with pytest.raises(UserError, match=r"t\.tsv:1: expected"):
         sl.read_speaker_table(table)
     d = tmp_path / "dict.spk.txt"
     d.write_text("a 1\na 2\n")
-    with pytest.raises(PipelineError, match="listed twice"):
+    with pytest.raises(UserError, match="listed twice"):
         sl.read_spk_dict(d)
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         sl.read_spk_dict(tmp_path / "nowhere")
-    with pytest.raises(PipelineError, match="exactly one"):
+    with pytest.raises(UserError, match="exactly one"):
         sl.main(str(tmp_path), "train", str(tmp_path), table="x", from_path="parent")
 
 

@@ -134,7 +134,7 @@ def test_wrong_feature_dimension_is_a_clear_error():
 
 def test_frozen_ssl_upstream_layers(tmp_path):
     from fairseq_ext.data.ssl_features import FrozenSSLUpstream
-    from simple_kmeans.common import PipelineError
+    from fairseq_ext.base.errors import UserError
     from tests.hubert_ckpt import make_tiny_hubert_checkpoint
 
     ckpt = str(make_tiny_hubert_checkpoint(tmp_path / "hubert.pt"))
@@ -156,7 +156,7 @@ def test_frozen_ssl_upstream_layers(tmp_path):
     feats.sum().backward()
     assert up.layer_weights.grad is not None and up.layer_weights.grad.abs().sum() > 0
     assert all(p.grad is None for p in up.model.parameters())
-    with pytest.raises(PipelineError, match="hidden states 0..2"):
+    with pytest.raises(UserError, match="hidden states 0..2"):
         FrozenSSLUpstream(ckpt, layer=3)
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         FrozenSSLUpstream(str(tmp_path / "nope.pt"))

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from fairseq.data.audio.hubert_dataset import HubertDataset
 
-from simple_kmeans.common import Manifest, PipelineError, load_feat_shard, read_lengths, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import Manifest, read_manifest
+from fairseq_ext.base.shards import load_feat_shard, read_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def load_speaker_dict(path: os.PathLike | str) -> List[str]:
     """Read ``dict.spk.txt`` (``name count`` per line); returns names, index = line order."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"speaker dictionary {path} does not exist: write one 'name count' line per speaker")
+        raise UserError(f"speaker dictionary {path} does not exist: write one 'name count' line per speaker")
     names: List[str] = []
     seen: Dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
@@ -51,13 +53,13 @@ def load_speaker_dict(path: os.PathLike | str) -> List[str]:
             if not parts:
                 continue
             if len(parts) > 2:
-                raise PipelineError(f"{path}:{i}: expected 'name count', got {line.rstrip()!r}")
+                raise UserError(f"{path}:{i}: expected 'name count', got {line.rstrip()!r}")
             if parts[0] in seen:
-                raise PipelineError(f"{path}:{i}: speaker {parts[0]!r} already listed on line {seen[parts[0]]}")
+                raise UserError(f"{path}:{i}: speaker {parts[0]!r} already listed on line {seen[parts[0]]}")
             seen[parts[0]] = i
             names.append(parts[0])
     if not names:
-        raise PipelineError(f"speaker dictionary {path} is empty")
+        raise UserError(f"speaker dictionary {path} is empty")
     return names
 
 
@@ -65,7 +67,7 @@ def read_speaker_file(path: os.PathLike | str, manifest: Manifest) -> List[str]:
     """Read ``{split}.spk`` (one speaker name per manifest line) and check it against ``manifest``."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"speaker label file {path} does not exist (one speaker name per line of {manifest.path})")
+        raise UserError(f"speaker label file {path} does not exist (one speaker name per line of {manifest.path})")
     with open(path, encoding="utf-8") as f:
         names = [line.strip() for line in f]
     while names and not names[-1]:
@@ -74,12 +76,12 @@ def read_speaker_file(path: os.PathLike | str, manifest: Manifest) -> List[str]:
         n = min(len(names), len(manifest))
         first = (f"; first utterance without a speaker: {manifest.entries[n].relpath} "
                  f"({manifest.path}:{manifest.entries[n].line})" if len(names) < len(manifest) else "")
-        raise PipelineError(
+        raise UserError(
             f"{path} has {len(names)} lines but {manifest.path} lists {len(manifest)} utterances{first}: "
             f"write one speaker name per manifest line, in manifest order")
     for i, (name, e) in enumerate(zip(names, manifest.entries), start=1):
         if not name or len(name.split()) != 1:
-            raise PipelineError(f"{path}:{i}: expected one speaker name for {e.relpath}, got {name!r}")
+            raise UserError(f"{path}:{i}: expected one speaker name for {e.relpath}, got {name!r}")
     return names
 
 
@@ -93,7 +95,7 @@ def find_pitch_shards(pitch_dir: os.PathLike | str, split: str) -> int:
     """Number of shards of the single complete ``{split}_{rank}_{nshard}.npy`` set in ``pitch_dir``."""
     pitch_dir = Path(pitch_dir)
     if not pitch_dir.is_dir():
-        raise PipelineError(
+        raise UserError(
             f"pitch folder {pitch_dir} does not exist: dump pitch with simple_kmeans/dump_pitch_feature.py")
     pat = re.compile(_SHARD_RE.format(split=re.escape(split)))
     sets: Dict[int, set] = {}
@@ -102,15 +104,15 @@ def find_pitch_shards(pitch_dir: os.PathLike | str, split: str) -> int:
         if m:
             sets.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     if not sets:
-        raise PipelineError(f"no pitch shards {split}_RANK_NSHARD.npy in {pitch_dir}: dump pitch for split {split!r}")
+        raise UserError(f"no pitch shards {split}_RANK_NSHARD.npy in {pitch_dir}: dump pitch for split {split!r}")
     if len(sets) > 1:
-        raise PipelineError(
+        raise UserError(
             f"{pitch_dir} holds several shard sets for split {split!r} (nshard = "
             f"{', '.join(map(str, sorted(sets)))}): delete the stale ones")
     (nshard, ranks), = sets.items()
     missing = sorted(set(range(nshard)) - ranks)
     if missing or any(r >= nshard for r in ranks):
-        raise PipelineError(
+        raise UserError(
             f"pitch shards of split {split!r} in {pitch_dir} are incomplete: ranks "
             f"{missing} of nshard={nshard} are missing; rerun those dump jobs")
     return nshard
@@ -149,7 +151,7 @@ class PitchTable:
         for r in range(self.nshard):
             f, _ = load_feat_shard(self.pitch_dir, self.split, r, self.nshard)
             if f.shape[1] != 2:
-                raise PipelineError(
+                raise UserError(
                     f"{self.pitch_dir}/{self.split}_{r}_{self.nshard}.npy has {f.shape[1]} columns, "
                     f"expected 2 (log F0, voiced flag)")
             feats.append(f)
@@ -172,14 +174,14 @@ def load_pitch_stats(path: os.PathLike | str) -> Dict[str, Any]:
     """Read a ``{split}.pitch_stats.json`` file and check its layout."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(
+        raise UserError(
             f"pitch statistics {path} do not exist: merge them with simple_kmeans/pitch_stats.py "
             f"(--spk-file for pitch_norm=speaker), or use pitch_norm=none|utterance")
     with open(path) as f:
         stats = json.load(f)
     g = stats.get("global") if isinstance(stats, dict) else None
     if not isinstance(g, dict) or not {"mean", "std"} <= set(g):
-        raise PipelineError(f"{path}: expected {{'global': {{'mean', 'std', 'n'}}, 'speakers': {{...}}}}")
+        raise UserError(f"{path}: expected {{'global': {{'mean', 'std', 'n'}}, 'speakers': {{...}}}}")
     stats.setdefault("speakers", {})
     stats["_path"] = str(path)
     return stats
@@ -233,11 +235,11 @@ def check_frame_lengths(lengths: Sequence[int], rate: float, manifest: Manifest,
              f"{lens[bad[0]] / rate:.2f} s at {rate:g} Hz, audio {audio[bad[0]]:.2f} s")
     if len(bad) > len(lens) // 2:
         actual = float(np.median(lens / np.maximum(audio, 1e-9)))
-        raise PipelineError(
+        raise UserError(
             f"{source}: {len(bad)} of {len(lens)} utterances disagree with the audio durations; the frames "
             f"look like {actual:.0f} Hz, not the configured {rate:g} Hz ({first}). Fix the rate "
             f"(task.label_rate: 100 for MFCC labels, 50 for HuBERT-feature labels; task.pitch_rate) or the files")
-    raise PipelineError(
+    raise UserError(
         f"{source}: {len(bad)} of {len(lens)} utterances have a frame count that disagrees with the audio by "
         f"more than {tol_s} s ({first}); regenerate the files for this manifest")
 
@@ -246,11 +248,11 @@ def label_file_lengths(path: os.PathLike | str, manifest: Manifest) -> List[int]
     """Tokens per line of a frame-label file, checking it has one line per manifest entry."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"label file {path} does not exist: dump and merge the k-means labels for this split")
+        raise UserError(f"label file {path} does not exist: dump and merge the k-means labels for this split")
     with open(path, "rb") as f:
         lengths = [len(line.split()) for line in f]
     if len(lengths) != len(manifest):
-        raise PipelineError(
+        raise UserError(
             f"{path} has {len(lengths)} lines but {manifest.path} lists {len(manifest)} utterances: "
             f"labels must have one line per manifest line")
     return lengths
@@ -290,8 +292,8 @@ class DHubertDataset(HubertDataset):
                 if not (min_keep_sample_size is not None and e.n_samples < min_keep_sample_size)
                 and not (max_keep_sample_size is not None and e.n_samples > max_keep_sample_size)]
         if not inds:
-            raise PipelineError(f"{manifest_path}: no utterance is within the size limits "
-                                f"[{min_keep_sample_size}, {max_keep_sample_size}] samples")
+            raise UserError(f"{manifest_path}: no utterance is within the size limits "
+                            f"[{min_keep_sample_size}, {max_keep_sample_size}] samples")
         rates = label_rates if isinstance(label_rates, (list, tuple)) else [label_rates] * len(label_paths)
         for path, rate in zip(label_paths, rates):
             lengths = label_file_lengths(path, manifest)
@@ -309,7 +311,7 @@ class DHubertDataset(HubertDataset):
             ids = []
             for i in inds:
                 if names[i] not in index:
-                    raise PipelineError(
+                    raise UserError(
                         f"{speaker_path}:{i + 1}: speaker {names[i]!r} of {manifest.entries[i].relpath} is not in "
                         f"the speaker dictionary (dict.spk.txt): every speaker of every split must be listed there")
                 ids.append(index[names[i]])
@@ -333,24 +335,24 @@ class DHubertDataset(HubertDataset):
     def _setup_pitch(self, pitch_dir: str, split: str, manifest: Manifest, inds: List[int],
                      sample_rate: float, tol_s: float) -> None:
         if self.pitch_norm not in PITCH_NORM_CHOICES:
-            raise PipelineError(f"pitch_norm={self.pitch_norm!r}; choose one of {', '.join(PITCH_NORM_CHOICES)}")
+            raise UserError(f"pitch_norm={self.pitch_norm!r}; choose one of {', '.join(PITCH_NORM_CHOICES)}")
         if self.pitch_rate <= 0:
-            raise PipelineError(f"pitch_rate must be positive (50 or 100 Hz), got {self.pitch_rate}")
+            raise UserError(f"pitch_rate must be positive (50 or 100 Hz), got {self.pitch_rate}")
         table = PitchTable(pitch_dir, split)
         if len(table) != len(manifest):
-            raise PipelineError(
+            raise UserError(
                 f"pitch shards {pitch_dir}/{split}_*_{table.nshard}.npy hold {len(table)} utterances but "
                 f"{manifest.path} lists {len(manifest)}: dump pitch with this manifest")
         check_frame_lengths(table.lengths, self.pitch_rate, manifest, inds, sample_rate,
                             f"pitch shards {pitch_dir}/{split}_*_{table.nshard}.npy", tol_s)
         if self.pitch_norm in ("global", "speaker") and self.pitch_stats is None:
-            raise PipelineError(f"pitch_norm={self.pitch_norm} needs pitch statistics (pitch_stats)")
+            raise UserError(f"pitch_norm={self.pitch_norm} needs pitch statistics (pitch_stats)")
         if self.pitch_norm == "speaker":
             if self.speaker_names is None:
-                raise PipelineError("pitch_norm=speaker needs the speaker label file {split}.spk (speaker_path)")
+                raise UserError("pitch_norm=speaker needs the speaker label file {split}.spk (speaker_path)")
             missing = sorted(set(self.speaker_names) - set(self.pitch_stats["speakers"]))
             if missing:
-                raise PipelineError(
+                raise UserError(
                     f"pitch statistics have no entry for speaker(s) {', '.join(missing[:5])}"
                     f"{' ...' if len(missing) > 5 else ''} in {self.pitch_stats.get('_path', 'the statistics file')}: "
                     f"compute them with simple_kmeans/pitch_stats.py --spk-file on a split containing "

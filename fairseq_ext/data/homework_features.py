@@ -22,18 +22,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from fairseq_ext.data.utterance_dataset import Utterance, UtteranceDataset
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise PipelineError(f"{path} does not exist: expected the homework layout "
-                            f"(metadata.json, mapping.json, feature files)")
+        raise UserError(f"{path} does not exist: expected the homework layout "
+                        f"(metadata.json, mapping.json, feature files)")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise PipelineError(f"{path} is not valid JSON: {e}") from None
+        raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def read_mapping(root: Path) -> List[str]:
@@ -41,11 +41,11 @@ def read_mapping(root: Path) -> List[str]:
     path = root / "mapping.json"
     mapping = _read_json(path)
     if "speaker2id" not in mapping:
-        raise PipelineError(f"{path} has no 'speaker2id' entry")
+        raise UserError(f"{path} has no 'speaker2id' entry")
     s2i = mapping["speaker2id"]
     ids = sorted(int(v) for v in s2i.values())
     if ids != list(range(len(ids))):
-        raise PipelineError(f"{path}: speaker2id must map the speakers to 0..{len(ids) - 1} without gaps")
+        raise UserError(f"{path}: speaker2id must map the speakers to 0..{len(ids) - 1} without gaps")
     names = [""] * len(ids)
     for spk, i in s2i.items():
         names[int(i)] = spk
@@ -53,23 +53,23 @@ def read_mapping(root: Path) -> List[str]:
     if i2s is not None:
         for i, spk in i2s.items():
             if not (0 <= int(i) < len(names)) or names[int(i)] != spk:
-                raise PipelineError(f"{path}: id2speaker[{i!r}] = {spk!r} disagrees with speaker2id")
+                raise UserError(f"{path}: id2speaker[{i!r}] = {spk!r} disagrees with speaker2id")
     return names
 
 
 def _entry(root: Path, entry: dict, where: str, label: int, metadata_path: Path) -> Utterance:
     if not isinstance(entry, dict) or "feature_path" not in entry:
-        raise PipelineError(f"{metadata_path}: {where} has no 'feature_path'")
+        raise UserError(f"{metadata_path}: {where} has no 'feature_path'")
     rel = entry["feature_path"]
     path = rel if os.path.isabs(rel) else str(root / rel)
     if not os.path.isfile(path):
-        raise PipelineError(f"{metadata_path}: {where}: feature file {path} does not exist")
+        raise UserError(f"{metadata_path}: {where}: feature file {path} does not exist")
     try:
         n = int(entry["mel_len"])
     except (KeyError, TypeError, ValueError):
-        raise PipelineError(f"{metadata_path}: {where} ({rel}) has no integer 'mel_len'") from None
+        raise UserError(f"{metadata_path}: {where} ({rel}) has no integer 'mel_len'") from None
     if n < 1:
-        raise PipelineError(f"{metadata_path}: {where} ({rel}) has mel_len {n}")
+        raise UserError(f"{metadata_path}: {where} ({rel}) has mel_len {n}")
     return Utterance(path, n, label, rel, f"{metadata_path}: {where}")
 
 
@@ -78,19 +78,19 @@ def read_homework_metadata(root: Path, label_index: Dict[str, int]) -> Tuple[int
     path = root / "metadata.json"
     meta = _read_json(path)
     if "n_mels" not in meta or "speakers" not in meta:
-        raise PipelineError(f"{path} must have 'n_mels' and 'speakers' entries")
+        raise UserError(f"{path} must have 'n_mels' and 'speakers' entries")
     items = []
     for spk, utts in meta["speakers"].items():
         if spk not in label_index:
-            raise PipelineError(f"{path}: speaker {spk!r} is not in {root / 'mapping.json'}: "
-                                f"add it to speaker2id or remove its utterances")
+            raise UserError(f"{path}: speaker {spk!r} is not in {root / 'mapping.json'}: "
+                            f"add it to speaker2id or remove its utterances")
         if not utts:
-            raise PipelineError(f"{path}: speaker {spk!r} has no utterances (empty class): remove it "
-                                f"from metadata.json and mapping.json or add data")
+            raise UserError(f"{path}: speaker {spk!r} has no utterances (empty class): remove it "
+                            f"from metadata.json and mapping.json or add data")
         for i, entry in enumerate(utts):
             items.append(_entry(root, entry, f"speaker {spk!r} utterance #{i}", label_index[spk], path))
     if not items:
-        raise PipelineError(f"{path} lists no utterances")
+        raise UserError(f"{path} lists no utterances")
     return int(meta["n_mels"]), items
 
 
@@ -98,10 +98,10 @@ def read_testdata(path: Path) -> Tuple[Optional[int], List[Utterance]]:
     """``(n_mels, utterances)`` of ``testdata.json`` (unlabeled; ``uid`` = ``feature_path``)."""
     meta = _read_json(path)
     if "utterances" not in meta:
-        raise PipelineError(f"{path} has no 'utterances' entry")
+        raise UserError(f"{path} has no 'utterances' entry")
     items = [_entry(path.parent, e, f"utterance #{i}", -1, path) for i, e in enumerate(meta["utterances"])]
     if not items:
-        raise PipelineError(f"{path} lists no utterances")
+        raise UserError(f"{path} lists no utterances")
     return meta.get("n_mels"), items
 
 
@@ -131,15 +131,15 @@ def load_feature_file(path: str, n_mels: int, where: str = "") -> torch.Tensor:
     try:
         feats = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling / zip errors come in several types
-        raise PipelineError(f"{ctx}cannot load feature file {path}: {e}") from None
+        raise UserError(f"{ctx}cannot load feature file {path}: {e}") from None
     if not isinstance(feats, torch.Tensor) or feats.dim() != 2:
         shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-        raise PipelineError(f"{ctx}{path} holds {shape}, expected a (frames, {n_mels}) tensor")
+        raise UserError(f"{ctx}{path} holds {shape}, expected a (frames, {n_mels}) tensor")
     if feats.shape[1] != n_mels:
-        raise PipelineError(f"{ctx}{path} has feature dimension {feats.shape[1]} but n_mels is {n_mels} "
-                            f"(metadata.json): regenerate the file or fix n_mels")
+        raise UserError(f"{ctx}{path} has feature dimension {feats.shape[1]} but n_mels is {n_mels} "
+                        f"(metadata.json): regenerate the file or fix n_mels")
     if feats.shape[0] == 0:
-        raise PipelineError(f"{ctx}{path} has no frames")
+        raise UserError(f"{ctx}{path} has no frames")
     return feats.float()
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset
 
-from simple_kmeans.common import Manifest, ManifestEntry, PipelineError, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import Manifest, ManifestEntry, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +30,14 @@ def read_speaker_file(path: str) -> Dict[str, str]:
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
-        raise PipelineError(f"cannot read speaker file {path} (task.speaker_file): {e}") from None
+        raise UserError(f"cannot read speaker file {path} (task.speaker_file): {e}") from None
     with f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 2:
-                raise PipelineError(f"{path}:{i}: expected 'uid<TAB>speaker', got {line.strip()!r}")
+                raise UserError(f"{path}:{i}: expected 'uid<TAB>speaker', got {line.strip()!r}")
             out[parts[0]] = parts[1]
     return out
 
@@ -83,7 +84,7 @@ class PaseChunkDataset(FairseqDataset):
             logger.info("%s: %d utterances shorter than chunk_size=%d are zero-padded",
                         manifest_path, n_padded, chunk_size)
         if not self.entries:
-            raise PipelineError(
+            raise UserError(
                 f"{manifest_path}: no utterance is long enough ({limit} samples): lower task.chunk_size "
                 f"or task.min_sample_size, or set task.short_utterances=pad")
         if contrastive and len(self.entries) < 2:
@@ -136,15 +137,15 @@ class PaseChunkDataset(FairseqDataset):
         try:
             wav, sr = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
         except Exception as e:  # soundfile raises several types for missing / corrupt files
-            raise PipelineError(f"{where}: cannot read audio file {path}: {e}") from None
+            raise UserError(f"{where}: cannot read audio file {path}: {e}") from None
         if sr != self.sample_rate:
-            raise PipelineError(f"{where}: {path} has sample rate {sr} Hz, expected {self.sample_rate} Hz "
-                                f"(task.sample_rate); resample it")
+            raise UserError(f"{where}: {path} has sample rate {sr} Hz, expected {self.sample_rate} Hz "
+                            f"(task.sample_rate); resample it")
         if wav.shape[1] != 1:
-            raise PipelineError(f"{where}: {path} has {wav.shape[1]} channels; convert it to mono")
+            raise UserError(f"{where}: {path} has {wav.shape[1]} channels; convert it to mono")
         if wav.shape[0] < frames:
-            raise PipelineError(f"{where}: {path} has fewer samples than the manifest says ({n}); "
-                                f"regenerate the manifest")
+            raise UserError(f"{where}: {path} has fewer samples than the manifest says ({n}); "
+                            f"regenerate the manifest")
         return wav[:, 0]
 
     def _negative_index(self, index: int, rng: np.random.Generator) -> int:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +45,17 @@ class FrozenSSLUpstream(nn.Module):
         from fairseq_ext.checkpoint import load_model
 
         if not checkpoint:
-            raise PipelineError("task.input_type=ssl needs model.ssl_checkpoint (a HuBERT-style checkpoint)")
+            raise UserError("task.input_type=ssl needs model.ssl_checkpoint (a HuBERT-style checkpoint)")
         if not os.path.isfile(checkpoint):
-            raise PipelineError(f"SSL checkpoint {checkpoint} does not exist (model.ssl_checkpoint)")
+            raise UserError(f"SSL checkpoint {checkpoint} does not exist (model.ssl_checkpoint)")
         model, cfg, _ = load_model(checkpoint)
         encoder = getattr(model, "encoder", None)
         if not hasattr(model, "extract_features") or not hasattr(encoder, "layers"):
-            raise PipelineError(f"{checkpoint}: {type(model).__name__} has no extract_features/encoder.layers; "
-                                f"use a HuBERT / wav2vec 2.0 style checkpoint")
+            raise UserError(f"{checkpoint}: {type(model).__name__} has no extract_features/encoder.layers; "
+                            f"use a HuBERT / wav2vec 2.0 style checkpoint")
         ckpt_sr = getattr(cfg.task, "sample_rate", sample_rate)
         if ckpt_sr != sample_rate:
-            raise PipelineError(f"{checkpoint} was trained at {ckpt_sr} Hz but task.sample_rate is {sample_rate}")
+            raise UserError(f"{checkpoint} was trained at {ckpt_sr} Hz but task.sample_rate is {sample_rate}")
         self.normalize = bool(getattr(cfg.task, "normalize", False))
         for p in model.parameters():
             p.requires_grad_(False)
@@ -64,8 +64,8 @@ class FrozenSSLUpstream(nn.Module):
         params = inspect.signature(model.extract_features).parameters
         self._layer_kw = "output_layer" if "output_layer" in params else "layer"
         if not -1 <= layer <= self.num_layers:
-            raise PipelineError(f"model.ssl_layer={layer} but {checkpoint} has hidden states 0..{self.num_layers} "
-                                f"(-1 = learned weighted sum)")
+            raise UserError(f"model.ssl_layer={layer} but {checkpoint} has hidden states 0..{self.num_layers} "
+                            f"(-1 = learned weighted sum)")
         self.layer = layer
         self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if layer == -1 else None
         with torch.no_grad():

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset
 
-from simple_kmeans.common import PipelineError, read_manifest
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class UtteranceDataset(FairseqDataset):
                  seed: int = 0):
         super().__init__()
         if not items:
-            raise PipelineError("the dataset is empty")
+            raise UserError("the dataset is empty")
         self.items = list(items)
         self.crop = crop
         self.shuffle = shuffle
@@ -144,13 +145,13 @@ class AudioUtteranceDataset(UtteranceDataset):
 
         ctx = f"{item.where}: " if item.where else ""
         if not os.path.isfile(item.path):
-            raise PipelineError(f"{ctx}audio file {item.path} does not exist")
+            raise UserError(f"{ctx}audio file {item.path} does not exist")
         wav, sr = sf.read(item.path, start=start, frames=-1 if n is None else n, dtype="float32", always_2d=True)
         if sr != self.sample_rate:
-            raise PipelineError(f"{ctx}{item.path} has sample rate {sr} Hz, expected {self.sample_rate} Hz; "
-                                f"resample it (e.g. sox in.wav -r {self.sample_rate} out.wav)")
+            raise UserError(f"{ctx}{item.path} has sample rate {sr} Hz, expected {self.sample_rate} Hz; "
+                            f"resample it (e.g. sox in.wav -r {self.sample_rate} out.wav)")
         if wav.shape[1] != 1:
-            raise PipelineError(f"{ctx}{item.path} has {wav.shape[1]} channels; convert it to mono")
+            raise UserError(f"{ctx}{item.path} has {wav.shape[1]} channels; convert it to mono")
         return torch.from_numpy(wav[:, 0].copy())
 
 
@@ -166,7 +167,7 @@ def holdout_split(labels: Sequence[int], valid_percent: float, seed: int) -> Tup
         ``(train_indices, valid_indices)``, sorted.
     """
     if not 0 <= valid_percent < 1:
-        raise PipelineError(f"valid_percent must be in [0, 1), got {valid_percent}")
+        raise UserError(f"valid_percent must be in [0, 1), got {valid_percent}")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     valid = []
@@ -188,15 +189,15 @@ def holdout_split(labels: Sequence[int], valid_percent: float, seed: int) -> Tup
 def read_label_lines(path: Path, n_expected: Optional[int] = None) -> List[str]:
     """Labels, one per line (first whitespace-separated token), checked against the manifest size."""
     if not path.is_file():
-        raise PipelineError(f"label file {path} does not exist: write one label per manifest line")
+        raise UserError(f"label file {path} does not exist: write one label per manifest line")
     with open(path, encoding="utf-8") as f:
         labels = [line.strip() for line in f.read().splitlines()]
     for i, lab in enumerate(labels, start=1):
         if not lab:
-            raise PipelineError(f"{path}:{i}: empty label")
+            raise UserError(f"{path}:{i}: empty label")
     if n_expected is not None and len(labels) != n_expected:
-        raise PipelineError(f"{path} has {len(labels)} labels but its manifest lists {n_expected} "
-                            f"utterances: write exactly one label per manifest line")
+        raise UserError(f"{path} has {len(labels)} labels but its manifest lists {n_expected} "
+                        f"utterances: write exactly one label per manifest line")
     return labels
 
 
@@ -208,10 +209,10 @@ def read_label_dict(path: Path) -> List[str]:
             if line.strip():
                 tok = line.split()[0]
                 if tok in out:
-                    raise PipelineError(f"{path}:{i}: label {tok!r} is listed twice")
+                    raise UserError(f"{path}:{i}: label {tok!r} is listed twice")
                 out.append(tok)
     if not out:
-        raise PipelineError(f"{path} lists no labels")
+        raise UserError(f"{path} lists no labels")
     return out
 
 
@@ -230,8 +231,8 @@ def manifest_items(tsv: Path, label_index: Optional[Dict[str, int]], label_ext: 
         else:
             if label_index is None or lab not in label_index:
                 line = e.line - 1
-                raise PipelineError(f"{lbl_path}:{line}: label {lab!r} is not in the label inventory "
-                                    f"(dict.{label_ext}.txt or the training labels)")
+                raise UserError(f"{lbl_path}:{line}: label {lab!r} is not in the label inventory "
+                                f"(dict.{label_ext}.txt or the training labels)")
             idx = label_index[lab]
         items.append(Utterance(manifest.audio_path(e), e.n_samples, idx, e.relpath, f"{tsv}:{e.line}"))
     return items
@@ -243,17 +244,17 @@ def manifest_items(tsv: Path, label_index: Optional[Dict[str, int]], label_ext: 
 def scan_class_folders(root: Path) -> Dict[str, List[str]]:
     """``{label: [relpath, ...]}`` of a folder-per-class tree (sorted; empty classes are an error)."""
     if not root.is_dir():
-        raise PipelineError(f"data folder {root} does not exist")
+        raise UserError(f"data folder {root} does not exist")
     classes = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
         files = sorted(str(p.relative_to(root)) for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTS)
         if not files:
-            raise PipelineError(f"class folder {d} holds no audio files ({', '.join(AUDIO_EXTS)}): "
-                                f"remove it or add audio")
+            raise UserError(f"class folder {d} holds no audio files ({', '.join(AUDIO_EXTS)}): "
+                            f"remove it or add audio")
         classes[d.name] = files
     if not classes:
-        raise PipelineError(f"{root} has no class folders: expected {root}/<label>/*.wav, "
-                            f"or a manifest {root}/train.tsv with {root}/train.lbl")
+        raise UserError(f"{root} has no class folders: expected {root}/<label>/*.wav, "
+                        f"or a manifest {root}/train.tsv with {root}/train.lbl")
     return classes
 
 
@@ -264,7 +265,7 @@ def folder_items(root: Path, label_index: Dict[str, int]) -> List[Utterance]:
     items = []
     for label, files in scan_class_folders(root).items():
         if label not in label_index:
-            raise PipelineError(f"class folder {root / label} is not in the label inventory")
+            raise UserError(f"class folder {root / label} is not in the label inventory")
         for rel in files:
             path = str(root / rel)
             items.append(Utterance(path, sf.info(path).frames, label_index[label], rel, path))

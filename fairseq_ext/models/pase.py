@@ -28,7 +28,7 @@ from fairseq_ext.modules.pase_workers import (
     build_worker,
     import_worker_file,
 )
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -96,23 +96,23 @@ def _as_dict(x: Any) -> Optional[Dict[str, Any]]:
 def load_target_stats(path: str, workers: Dict[str, PaseWorker]) -> None:
     """Copy the statistics in ``path`` (``scripts/pase_stats.py`` output) into the regressors."""
     if not os.path.isfile(path):
-        raise PipelineError(f"target statistics file {path} (model.target_stats) does not exist: compute it "
-                            f"with `python scripts/pase_stats.py MANIFEST_DIR {path} --config <your config>`")
+        raise UserError(f"target statistics file {path} (model.target_stats) does not exist: compute it "
+                        f"with `python scripts/pase_stats.py MANIFEST_DIR {path} --config <your config>`")
     with open(path, encoding="utf-8") as f:
         stats = json.load(f)
     if stats.get("version") != STATS_VERSION:
-        raise PipelineError(f"{path}: unsupported statistics version {stats.get('version')}; recompute it")
+        raise UserError(f"{path}: unsupported statistics version {stats.get('version')}; recompute it")
     for name, worker in workers.items():
         if not (isinstance(worker, RegressorWorker) and worker.normalise_target):
             continue
         entry = stats["workers"].get(name)
         if entry is None:
-            raise PipelineError(f"{path} has no statistics for worker {name!r} (it has: "
-                                f"{', '.join(sorted(stats['workers'])) or 'none'}); recompute it with this config")
+            raise UserError(f"{path} has no statistics for worker {name!r} (it has: "
+                            f"{', '.join(sorted(stats['workers'])) or 'none'}); recompute it with this config")
         sig = json.loads(json.dumps(worker.target_signature()))
         if entry["signature"] != sig:
-            raise PipelineError(f"{path}: statistics of worker {name!r} were computed with {entry['signature']}, "
-                                f"the config has {sig}; recompute them with scripts/pase_stats.py")
+            raise UserError(f"{path}: statistics of worker {name!r} were computed with {entry['signature']}, "
+                            f"the config has {sig}; recompute them with scripts/pase_stats.py")
         worker.set_target_stats(torch.tensor(entry["mean"]), torch.tensor(entry["std"]), entry["frames"])
     logger.info("target normalisation statistics loaded from %s", path)
 

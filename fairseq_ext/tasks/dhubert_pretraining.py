@@ -26,7 +26,7 @@ from fairseq_ext.data.dhubert_dataset import (
     load_pitch_stats,
     load_speaker_dict,
 )
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class DHubertPretrainingTask(HubertPretrainingTask):
 
     def __init__(self, cfg: DHubertPretrainingConfig) -> None:
         if cfg.fine_tuning:
-            raise PipelineError("dhubert_pretraining is for pre-training; fine-tune with fairseq's hubert_pretraining")
+            raise UserError("dhubert_pretraining is for pre-training; fine-tune with fairseq's hubert_pretraining")
         super().__init__(cfg)
         if cfg.load_speaker:
             self.state.add_factory("speakers", self.load_speakers)
@@ -83,15 +83,15 @@ class DHubertPretrainingTask(HubertPretrainingTask):
     def load_dataset(self, split: str, **kwargs) -> None:
         cfg = self.cfg
         if cfg.label_rate <= 0:
-            raise PipelineError(f"task.label_rate={cfg.label_rate}: pre-training needs frame labels "
-                                f"(100 for MFCC labels, 50 for HuBERT-feature labels)")
+            raise UserError(f"task.label_rate={cfg.label_rate}: pre-training needs frame labels "
+                            f"(100 for MFCC labels, 50 for HuBERT-feature labels)")
         dicts = self.dictionaries
         need_spk_file = cfg.load_speaker or (cfg.load_pitch and cfg.pitch_norm == "speaker")
         pitch_stats = None
         if cfg.load_pitch:
             if not cfg.pitch_dir:
-                raise PipelineError("task.load_pitch is set but task.pitch_dir is not: set task.pitch_dir "
-                                    "or task.load_pitch=false")
+                raise UserError("task.load_pitch is set but task.pitch_dir is not: set task.pitch_dir "
+                                "or task.load_pitch=false")
             if cfg.pitch_norm in ("global", "speaker"):
                 pitch_stats = load_pitch_stats(os.path.join(cfg.pitch_dir, f"{cfg.pitch_stats_split}.pitch_stats.json"))
         self.datasets[split] = DHubertDataset(

@@ -35,7 +35,7 @@ from fairseq_ext.data.utterance_dataset import (
     AudioUtteranceDataset, Utterance, UtteranceDataset, folder_items, holdout_split, manifest_items,
     read_label_dict, read_label_lines, read_split_list, scan_class_folders,
 )
-from simple_kmeans.common import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class SpeakerClassificationTask(FairseqTask):
             else:
                 labels = sorted(set(read_label_lines(train_lbl)))
         if len(labels) < 2:
-            raise PipelineError(f"{self.root}: found {len(labels)} class(es); classification needs at least 2")
+            raise UserError(f"{self.root}: found {len(labels)} class(es); classification needs at least 2")
         logger.info("%d classes (%s layout)", len(labels), layout)
         return labels
 
@@ -164,7 +164,7 @@ class SpeakerClassificationTask(FairseqTask):
             if split == "test":
                 return read_testdata(self.root / "testdata.json")[1]
             if split not in (c.train_split, c.valid_split):
-                raise PipelineError(f"homework layout has splits {c.train_split}, {c.valid_split}, test; got {split!r}")
+                raise UserError(f"homework layout has splits {c.train_split}, {c.valid_split}, test; got {split!r}")
             return self._holdout(split, self._labeled_pool())
         if self.layout == "folders":
             val_list, test_list = self.root / "validation_list.txt", self.root / "testing_list.txt"
@@ -178,15 +178,15 @@ class SpeakerClassificationTask(FairseqTask):
                     return [u for u in pool if u.uid in test]
                 return [u for u in pool if u.uid not in val and u.uid not in test]
             if split not in (c.train_split, c.valid_split):
-                raise PipelineError(f"{self.root}: a folder tree without validation_list.txt/testing_list.txt "
-                                    f"has splits {c.train_split} and {c.valid_split}; got {split!r}")
+                raise UserError(f"{self.root}: a folder tree without validation_list.txt/testing_list.txt "
+                                f"has splits {c.train_split} and {c.valid_split}; got {split!r}")
             return self._holdout(split, self._labeled_pool())
         tsv = self.root / f"{split}.tsv"
         if split == c.train_split and not (self.root / f"{c.valid_split}.tsv").is_file():
             return self._holdout(split, self._labeled_pool())
         if split == c.valid_split and not tsv.is_file():
             if not (self.root / f"{c.train_split}.tsv").is_file():
-                raise PipelineError(f"neither {tsv} nor {self.root / (c.train_split + '.tsv')} exists")
+                raise UserError(f"neither {tsv} nor {self.root / (c.train_split + '.tsv')} exists")
             return self._holdout(split, self._labeled_pool())
         require = split in (c.train_split, c.valid_split)
         return manifest_items(tsv, self.label_index, c.label_ext, require_labels=require)
@@ -194,8 +194,8 @@ class SpeakerClassificationTask(FairseqTask):
     def _holdout(self, split: str, pool: List[Utterance]) -> List[Utterance]:
         pct = self.cfg.valid_percent if split in (self.cfg.train_split, self.cfg.valid_split) else 0.0
         if split == self.cfg.valid_split and pct <= 0:
-            raise PipelineError(f"no {split} split on disk under {self.root} and task.valid_percent is "
-                                f"{self.cfg.valid_percent}: set task.valid_percent > 0 or provide one")
+            raise UserError(f"no {split} split on disk under {self.root} and task.valid_percent is "
+                            f"{self.cfg.valid_percent}: set task.valid_percent > 0 or provide one")
         train_idx, valid_idx = holdout_split([u.label for u in pool], pct, self.cfg.split_seed)
         chosen = valid_idx if split == self.cfg.valid_split else train_idx
         return [pool[i] for i in chosen]
@@ -204,7 +204,7 @@ class SpeakerClassificationTask(FairseqTask):
         """Dataset for ``items``: cropped and shuffled when ``train``, whole utterances otherwise."""
         c = self.cfg
         if not items:
-            raise PipelineError(f"{self.root}: the split is empty")
+            raise UserError(f"{self.root}: the split is empty")
         if c.input_type == "homework":
             crop = c.segment_len if train else None
             return FeatureUtteranceDataset(items, self.feature_dim, crop, shuffle=train, seed=c.split_seed)
@@ -214,7 +214,7 @@ class SpeakerClassificationTask(FairseqTask):
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> None:
         items = self._split_items(split)
         if not items:
-            raise PipelineError(f"split {split!r} of {self.root} is empty")
+            raise UserError(f"split {split!r} of {self.root} is empty")
         train = split == self.cfg.train_split
         self.datasets[split] = self.build_utterance_dataset(items, train)
         counts = self._class_counts(items)
@@ -225,8 +225,8 @@ class SpeakerClassificationTask(FairseqTask):
             # an empty class in the training split can never be learned
             missing = [self.labels[i] for i in range(len(self.labels)) if i not in counts]
             if missing:
-                raise PipelineError(f"{self.root}: classes {missing[:10]} have no training utterance "
-                                    f"(empty class): remove them from the label inventory or add data")
+                raise UserError(f"{self.root}: classes {missing[:10]} have no training utterance "
+                                f"(empty class): remove them from the label inventory or add data")
 
     @staticmethod
     def _class_counts(items: List[Utterance]) -> Dict[int, int]:
@@ -247,11 +247,11 @@ class SpeakerClassificationTask(FairseqTask):
             n_mels, items = read_testdata(p)
             dim = self.feature_dim
             if n_mels is not None and int(n_mels) != dim:
-                raise PipelineError(f"{p} says n_mels={n_mels} but the model was trained on {dim}-dim features")
+                raise UserError(f"{p} says n_mels={n_mels} but the model was trained on {dim}-dim features")
             ds: UtteranceDataset = FeatureUtteranceDataset(items, dim)
         else:
             if self.cfg.input_type == "homework":
-                raise PipelineError(f"{p}: this model takes precomputed features; give a testdata.json")
+                raise UserError(f"{p}: this model takes precomputed features; give a testdata.json")
             items = manifest_items(p, self.label_index, self.cfg.label_ext, require_labels=False)
             ds = AudioUtteranceDataset(items, self.cfg.sample_rate)
         return ds, [u.uid for u in items]

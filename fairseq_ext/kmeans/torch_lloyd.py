@@ -1,7 +1,7 @@
 """Lloyd k-means in torch, on a GPU when there is one (``learn_kmeans.py --backend torch``).
 
 The centers start from the same k-means++ seeding as the faiss backend
-(:func:`simple_kmeans.kmeans_backends.seed_centers`, on ``seed_sample`` frames, on the CPU), then
+(:func:`fairseq_ext.kmeans.backends.seed_centers`, on ``seed_sample`` frames, on the CPU), then
 ``niter`` full-batch Lloyd iterations run in float32 on ``device`` over every training frame:
 
 - the frames are visited in chunks of ``chunk_size`` frames; a chunk's squared distances come from
@@ -19,7 +19,7 @@ The centers start from the same k-means++ seeding as the faiss backend
 On the CPU the result is deterministic for a seed and thread count. On CUDA the float32 sums of a
 chunk are accumulated with atomic adds, so runs can differ in the last bits.
 The fitted centers are saved as a scikit-learn estimator like the faiss backend's
-(:func:`simple_kmeans.kmeans_backends.centers_to_estimator`).
+(:func:`fairseq_ext.kmeans.backends.centers_to_estimator`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from simple_kmeans.common import PipelineError, progress
-from simple_kmeans.feature_sample import _read_rows, _Shard, materialize
-from simple_kmeans.kmeans_backends import (FAISS_NITER, FAISS_SEED_SAMPLE, INITS, TORCH_CHUNK_CPU, TORCH_CHUNK_CUDA,
-                                           FitInfo, centers_to_estimator, limit_threads, seed_centers)
+from fairseq_ext.base.cli import progress
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.kmeans.sample import Shard, materialize, read_rows
+from fairseq_ext.kmeans.backends import (
+    FAISS_NITER, FAISS_SEED_SAMPLE, FitInfo, INITS, TORCH_CHUNK_CPU, TORCH_CHUNK_CUDA, centers_to_estimator,
+    limit_threads, seed_centers,
+)
 
 logger = logging.getLogger("learn_kmeans")
 
@@ -58,15 +61,15 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise PipelineError(
+            raise UserError(
                 f"--device {device}: torch {torch.__version__} sees no CUDA device here "
                 f"(torch.cuda.is_available() is False); use --device cpu or --device auto, or install a "
                 f"CUDA build of torch on a machine with a GPU")
         index = int(device[5:]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise PipelineError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
         return torch.device(device)
-    raise PipelineError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
+    raise UserError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 @contextlib.contextmanager
@@ -114,7 +117,7 @@ class ShardFrames:
     a chunk is valid until the next one is requested.
     """
 
-    def __init__(self, shards: List[_Shard], chunk_size: int, device: torch.device):
+    def __init__(self, shards: List[Shard], chunk_size: int, device: torch.device):
         self.shards, self.chunk_size, self.device = shards, chunk_size, device
         self.n_frames = int(sum(int(s.lens.sum()) for s in shards))
         self.dim = int(shards[0].feats.shape[1])
@@ -127,7 +130,7 @@ class ShardFrames:
                 pos, end = start, start + length
                 while pos < end:
                     take = min(size - n, end - pos)
-                    _read_rows(shard, pos, self.buf[n:n + take])
+                    read_rows(shard, pos, self.buf[n:n + take])
                     n, pos = n + take, pos + take
                     if n == size:
                         yield torch.from_numpy(self.buf).to(self.device)
@@ -239,8 +242,8 @@ def lloyd(frames, init: np.ndarray, niter: int, device: torch.device) -> Tuple[n
                 break
             centers, done = new, done + 1
     except torch.cuda.OutOfMemoryError as e:
-        raise PipelineError(f"out of memory on {device} during k-means: lower --chunk-size "
-                            f"(frames per chunk) or use --stream ({e})") from None
+        raise UserError(f"out of memory on {device} during k-means: lower --chunk-size "
+                        f"(frames per chunk) or use --stream ({e})") from None
     finally:
         bar.close()
     return centers.cpu().numpy(), float(p.inertia), done
@@ -254,10 +257,10 @@ def default_chunk_size(device: torch.device) -> int:
 def _check(init: str, niter: int, chunk_size: Optional[int], seed_sample: int) -> None:
     chunk_size = 1 if chunk_size is None else chunk_size
     if init not in INITS:
-        raise PipelineError(f"--init {init!r} is not supported by the torch backend; use one of {INITS}")
+        raise UserError(f"--init {init!r} is not supported by the torch backend; use one of {INITS}")
     if niter < 1 or chunk_size < 1 or seed_sample < 1:
-        raise PipelineError(f"--niter, --chunk-size and --seed-sample must be >= 1, got {niter}, {chunk_size} "
-                            f"and {seed_sample}")
+        raise UserError(f"--niter, --chunk-size and --seed-sample must be >= 1, got {niter}, {chunk_size} "
+                        f"and {seed_sample}")
 
 
 def _initial(x: np.ndarray, n_clusters: int, seed: int, init: str, seed_sample: int) -> np.ndarray:
@@ -301,7 +304,7 @@ def fit_torch(feats: np.ndarray, n_clusters: int, seed: int = 0, init: str = "k-
         return _fit(frames, init_centers, seed, niter, dev, start)
 
 
-def fit_torch_stream(shards: List[_Shard], n_clusters: int, seed: int = 0, init: str = "k-means++",
+def fit_torch_stream(shards: List[Shard], n_clusters: int, seed: int = 0, init: str = "k-means++",
                      niter: int = FAISS_NITER, seed_sample: int = FAISS_SEED_SAMPLE, device: str = "auto",
                      chunk_size: Optional[int] = None, threads: Optional[int] = None):
     """Like :func:`fit_torch` on every sampled frame of ``shards``, read chunk by chunk at each iteration.
@@ -313,8 +316,8 @@ def fit_torch_stream(shards: List[_Shard], n_clusters: int, seed: int = 0, init:
     dev = resolve_device(device)
     frames = ShardFrames(shards, chunk_size or default_chunk_size(dev), dev)
     if frames.n_frames < n_clusters:
-        raise PipelineError(f"only {frames.n_frames} frames to cluster, fewer than n_clusters={n_clusters}: "
-                            f"raise --percent or use fewer clusters")
+        raise UserError(f"only {frames.n_frames} frames to cluster, fewer than n_clusters={n_clusters}: "
+                        f"raise --percent or use fewer clusters")
     start = time.perf_counter()
     with torch_threads(threads):
         seed_frames = materialize(shards, max(seed_sample, n_clusters), np.random.default_rng([seed, 2]))

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from simple_kmeans.cli import PipelineError
-from simple_kmeans.shards import shard_range
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.shards import shard_range
 
 
 # --------------------------------------------------------------------------- manifests
@@ -49,14 +49,14 @@ class Manifest:
 
 
 def read_manifest(tsv_path: os.PathLike | str) -> Manifest:
-    """Read and validate a manifest; raise :class:`PipelineError` naming the file and line."""
+    """Read and validate a manifest; raise :class:`UserError` naming the file and line."""
     tsv_path = Path(tsv_path)
     if not tsv_path.is_file():
-        raise PipelineError(f"manifest {tsv_path} does not exist: create it with fairseq-ext-manifest")
+        raise UserError(f"manifest {tsv_path} does not exist: create it with fairseq-ext-manifest")
     with open(tsv_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     if not lines or not lines[0].strip():
-        raise PipelineError(f"{tsv_path}:1: empty manifest: line 1 must be the audio root directory")
+        raise UserError(f"{tsv_path}:1: empty manifest: line 1 must be the audio root directory")
     root = lines[0].rstrip()
     entries = []
     for i, line in enumerate(lines[1:], start=2):
@@ -64,16 +64,16 @@ def read_manifest(tsv_path: os.PathLike | str) -> Manifest:
             continue
         parts = line.split("\t")
         if len(parts) < 2:
-            raise PipelineError(
+            raise UserError(
                 f"{tsv_path}:{i}: expected 'relpath<TAB>n_samples', got {line!r}"
             )
         try:
             n = int(parts[1])
         except ValueError:
-            raise PipelineError(f"{tsv_path}:{i}: n_samples {parts[1]!r} is not an integer") from None
+            raise UserError(f"{tsv_path}:{i}: n_samples {parts[1]!r} is not an integer") from None
         entries.append(ManifestEntry(parts[0], n, i))
     if not entries:
-        raise PipelineError(f"{tsv_path}: manifest lists no audio files")
+        raise UserError(f"{tsv_path}: manifest lists no audio files")
     return Manifest(tsv_path, root, entries)
 
 
@@ -104,24 +104,24 @@ def read_audio(
 
     ctx = f"{where}: " if where else ""
     if not os.path.isfile(path):
-        raise PipelineError(f"{ctx}audio file {path} does not exist")
+        raise UserError(f"{ctx}audio file {path} does not exist")
     try:
         wav, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for corrupt files
-        raise PipelineError(f"{ctx}cannot read audio file {path}: {e}") from None
+        raise UserError(f"{ctx}cannot read audio file {path}: {e}") from None
     if wav.shape[1] != 1:
-        raise PipelineError(
+        raise UserError(
             f"{ctx}{path} has {wav.shape[1]} channels; convert it to mono "
             f"(e.g. sox in.wav -c 1 out.wav)"
         )
     if expected_sr is not None and sr != expected_sr:
-        raise PipelineError(
+        raise UserError(
             f"{ctx}{path} has sample rate {sr} Hz, expected {expected_sr} Hz; resample it "
             f"(e.g. sox in.wav -r {expected_sr} out.wav)"
         )
     wav = wav[:, 0]
     if expected_len is not None and len(wav) != expected_len:
-        raise PipelineError(
+        raise UserError(
             f"{ctx}{path} has {len(wav)} samples but the manifest says {expected_len}; "
             f"regenerate the manifest"
         )

@@ -14,13 +14,15 @@ from typing import List, Optional
 
 import numpy as np
 
-from simple_kmeans.common import PipelineError, feat_paths, load_feat_shard, progress
+from fairseq_ext.base.cli import progress
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.shards import feat_paths, load_feat_shard
 
 logger = logging.getLogger("learn_kmeans")
 
 
 @dataclass
-class _Shard:
+class Shard:
     npy: Path
     feats: np.ndarray  # memory-mapped, (frames, dim)
     starts: np.ndarray  # first frame of each sampled segment, in sampling order
@@ -28,18 +30,18 @@ class _Shard:
 
 
 def open_shards(feat_dir: str, split: str, nshard: int, percent: float,
-                rng: np.random.RandomState) -> List[_Shard]:
+                rng: np.random.RandomState) -> List[Shard]:
     """Memory-map every shard and pick utterances like fairseq (``rng.choice`` per shard in order)."""
     if nshard < 1:
-        raise PipelineError(f"nshard must be >= 1, got {nshard}")
+        raise UserError(f"nshard must be >= 1, got {nshard}")
     if not (percent < 0 or 0 < percent <= 1):
-        raise PipelineError(f"--percent must be in (0, 1] (a fraction of utterances) or -1 for all, got {percent}")
+        raise UserError(f"--percent must be in (0, 1] (a fraction of utterances) or -1 for all, got {percent}")
     shards = []
     for rank in range(nshard):
         feats, lengths = load_feat_shard(feat_dir, split, rank, nshard)
         npy = feat_paths(feat_dir, split, rank, nshard)[0]
         if shards and feats.shape[1] != shards[0].feats.shape[1]:
-            raise PipelineError(
+            raise UserError(
                 f"{npy} has dimension {feats.shape[1]} but {shards[0].npy} has {shards[0].feats.shape[1]}: "
                 f"all shards of a split must come from the same feature extractor"
             )
@@ -52,7 +54,7 @@ def open_shards(feat_dir: str, split: str, nshard: int, percent: float,
             starts, lens = offsets[idx], lengths[idx]
             logger.info("sampled %d utterances, %d frames from shard %d/%d",
                         nsample, int(lens.sum()), rank, nshard)
-        shards.append(_Shard(npy, feats, starts, lens))
+        shards.append(Shard(npy, feats, starts, lens))
     return shards
 
 
@@ -67,7 +69,7 @@ def sample_positions(gen: np.random.Generator, total: int, k: int, block: int = 
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _read_rows(shard: _Shard, start: int, out: np.ndarray) -> None:
+def read_rows(shard: Shard, start: int, out: np.ndarray) -> None:
     """Fill ``out`` (n, C) with rows ``start:start+n`` of the shard.
 
     Plain file reads, not the memory map: mapped pages would count in the process' resident
@@ -82,11 +84,11 @@ def _read_rows(shard: _Shard, start: int, out: np.ndarray) -> None:
             got = f.readinto(memoryview(out).cast("B"))
         if got == out.nbytes:
             return
-        raise PipelineError(f"{shard.npy} is shorter than its header says: rerun the dumping step")
+        raise UserError(f"{shard.npy} is shorter than its header says: rerun the dumping step")
     out[:] = feats[start:start + len(out)]
 
 
-def _gather_rows(shard: _Shard, src: np.ndarray, dst: np.ndarray, out: np.ndarray, block_rows: int) -> None:
+def _gather_rows(shard: Shard, src: np.ndarray, dst: np.ndarray, out: np.ndarray, block_rows: int) -> None:
     """``out[dst] = shard rows src``, reading the shard in ascending blocks of at most ``block_rows``."""
     order = np.argsort(src, kind="stable")
     src, dst = src[order], dst[order]
@@ -98,12 +100,12 @@ def _gather_rows(shard: _Shard, src: np.ndarray, dst: np.ndarray, out: np.ndarra
         b1 = min(b0 + block_rows, n_rows)
         j = int(np.searchsorted(src, b1, side="left"))
         last = int(src[j - 1]) + 1
-        _read_rows(shard, b0, buf[:last - b0])
+        read_rows(shard, b0, buf[:last - b0])
         out[dst[i:j]] = buf[src[i:j] - b0]
         i = j
 
 
-def materialize(shards: List[_Shard], max_frames: Optional[int], gen: np.random.Generator,
+def materialize(shards: List[Shard], max_frames: Optional[int], gen: np.random.Generator,
                 block_bytes: int = 32 * 2**20) -> np.ndarray:
     """Read the sampled segments into one float32 array (N, C), in sampling order.
 
@@ -118,7 +120,7 @@ def materialize(shards: List[_Shard], max_frames: Optional[int], gen: np.random.
         pos = 0
         for shard in progress(shards, desc="read", unit="shard"):
             for s, ln in zip(shard.starts.tolist(), shard.lens.tolist()):
-                _read_rows(shard, s, out[pos:pos + ln])
+                read_rows(shard, s, out[pos:pos + ln])
                 pos += ln
         return out
     positions = sample_positions(gen, total, n)  # in the concatenation of all sampled segments

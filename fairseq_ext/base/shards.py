@@ -10,7 +10,7 @@ from typing import List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from simple_kmeans.cli import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("simple_kmeans")
 
@@ -20,11 +20,11 @@ logger = logging.getLogger("simple_kmeans")
 def shard_range(tot: int, nshard: int, rank: int) -> Tuple[int, int]:
     """fairseq's shard range: ``[round(tot/nshard*rank), round(tot/nshard*(rank+1)))``."""
     if nshard < 1:
-        raise PipelineError(f"nshard must be >= 1, got {nshard}")
+        raise UserError(f"nshard must be >= 1, got {nshard}")
     if not 0 <= rank < nshard:
-        raise PipelineError(f"rank must be in [0, {nshard}), got {rank}")
+        raise UserError(f"rank must be in [0, {nshard}), got {rank}")
     if nshard > tot:
-        raise PipelineError(
+        raise UserError(
             f"nshard={nshard} is larger than the number of utterances ({tot}): "
             f"use at most {tot} shards"
         )
@@ -64,7 +64,7 @@ def _env_int(env: Mapping[str, str], var: str) -> int:
     try:
         return int(env[var])
     except ValueError:
-        raise PipelineError(f"${var}={env[var]!r} is not an integer") from None
+        raise UserError(f"${var}={env[var]!r} is not an integer") from None
 
 
 def resolve_shard(nshard: ShardArg, rank: ShardArg,
@@ -89,15 +89,15 @@ def resolve_shard(nshard: ShardArg, rank: ShardArg,
         if source is None:
             wanted = " and ".join(n for n, w in (("NSHARD", want_n), ("RANK", want_r)) if w)
             options = " or ".join("/".join(needed(pair)) for pair in SHARD_ENV)
-            raise PipelineError(f"{wanted} is 'env' but none of {options} is set; give {wanted} as a "
-                                f"number, or run the job in a SLURM array (sbatch --array=0-N) or under "
-                                f"fairseq-ext-run-shards / torchrun")
+            raise UserError(f"{wanted} is 'env' but none of {options} is set; give {wanted} as a "
+                            f"number, or run the job in a SLURM array (sbatch --array=0-N) or under "
+                            f"fairseq-ext-run-shards / torchrun")
         count_var, id_var = source
         if want_n:
             nshard, origin["nshard"] = _env_int(env, count_var), f"${count_var}"
             lo, hi = env.get("SLURM_ARRAY_TASK_MIN"), env.get("SLURM_ARRAY_TASK_MAX")
             if count_var.startswith("SLURM") and lo and hi and (lo.strip(), hi.strip()) != ("0", str(nshard - 1)):
-                raise PipelineError(
+                raise UserError(
                     f"NSHARD from ${count_var}={nshard} needs an array of exactly 0..{nshard - 1}, but this "
                     f"array spans {lo}..{hi}: give NSHARD as a number (array indices are the ranks)")
         if want_r:
@@ -105,11 +105,11 @@ def resolve_shard(nshard: ShardArg, rank: ShardArg,
     try:
         nshard, rank = int(nshard), int(rank)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise PipelineError(f"nshard and rank must be integers or 'env', got {nshard!r} and {rank!r}") from None
+        raise UserError(f"nshard and rank must be integers or 'env', got {nshard!r} and {rank!r}") from None
     if nshard < 1:
-        raise PipelineError(f"nshard must be >= 1, got {nshard} (from {origin['nshard']})")
+        raise UserError(f"nshard must be >= 1, got {nshard} (from {origin['nshard']})")
     if not 0 <= rank < nshard:
-        raise PipelineError(
+        raise UserError(
             f"rank {rank} (from {origin['rank']}) is not in [0, {nshard}) (nshard from {origin['nshard']})"
             + ("; SLURM array indices are the ranks: submit with --array=0-" + str(nshard - 1)
                if origin["rank"].startswith("$SLURM") else ""))
@@ -142,14 +142,14 @@ def read_lengths(len_path: os.PathLike | str) -> np.ndarray:
     """Read a ``.len`` file (one frame count per line) with errors naming the line."""
     len_path = Path(len_path)
     if not len_path.is_file():
-        raise PipelineError(f"{len_path} does not exist: run the feature dumping step for this shard")
+        raise UserError(f"{len_path} does not exist: run the feature dumping step for this shard")
     out = []
     with open(len_path) as f:
         for i, line in enumerate(f, start=1):
             try:
                 out.append(int(line))
             except ValueError:
-                raise PipelineError(f"{len_path}:{i}: {line.strip()!r} is not a frame count") from None
+                raise UserError(f"{len_path}:{i}: {line.strip()!r} is not a frame count") from None
     return np.asarray(out, dtype=np.int64)
 
 
@@ -162,16 +162,16 @@ def load_feat_shard(feat_dir: os.PathLike | str, split: str, rank: int, nshard: 
     """
     npy, lenp = feat_paths(feat_dir, split, rank, nshard)
     if not npy.is_file():
-        raise PipelineError(f"{npy} does not exist: run the feature dumping step for shard {rank}/{nshard}")
+        raise UserError(f"{npy} does not exist: run the feature dumping step for shard {rank}/{nshard}")
     lengths = read_lengths(lenp)
     try:
         feats = np.load(npy, mmap_mode="r" if mmap else None)
     except Exception as e:
-        raise PipelineError(f"cannot read {npy}: {e}; delete it and rerun the dumping step") from None
+        raise UserError(f"cannot read {npy}: {e}; delete it and rerun the dumping step") from None
     if feats.ndim != 2:
-        raise PipelineError(f"{npy} has shape {feats.shape}, expected (frames, dim)")
+        raise UserError(f"{npy} has shape {feats.shape}, expected (frames, dim)")
     if int(lengths.sum()) != feats.shape[0]:
-        raise PipelineError(
+        raise UserError(
             f"{npy} has {feats.shape[0]} frames but {lenp} sums to {int(lengths.sum())}: "
             f"the shard is inconsistent; delete both files and rerun the dumping step"
         )

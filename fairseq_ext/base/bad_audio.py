@@ -9,10 +9,10 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from simple_kmeans.atomic import atomic_output
-from simple_kmeans.cli import PipelineError
-from simple_kmeans.manifest_io import Manifest, ManifestEntry, manifest_path, read_audio, read_manifest
-from simple_kmeans.shards import feat_paths, read_lengths, shard_stem
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import Manifest, ManifestEntry, manifest_path, read_audio, read_manifest
+from fairseq_ext.base.shards import feat_paths, read_lengths, shard_stem
 
 logger = logging.getLogger("simple_kmeans")
 
@@ -42,8 +42,8 @@ class BadAudio:
     def skip(self, entry: ManifestEntry, problem: str) -> None:
         """Record ``entry`` as left out; raises instead when ``skip_bad`` is off."""
         if not self.skip_bad:
-            raise PipelineError(f"{problem}; or rerun with --skip-bad to leave such files out "
-                                f"(they are listed in {self.report.name})")
+            raise UserError(f"{problem}; or rerun with --skip-bad to leave such files out "
+                            f"(they are listed in {self.report.name})")
         logger.warning("skipping %s", problem)
         self.skipped.append((entry, problem))
 
@@ -53,7 +53,7 @@ class BadAudio:
         try:
             return read_audio(manifest.audio_path(entry), sample_rate, entry.n_samples,
                               where=f"{manifest.path}:{entry.line}")
-        except PipelineError as e:
+        except UserError as e:
             self.skip(entry, str(e))
             return None
 
@@ -84,7 +84,7 @@ def read_skipped(report: os.PathLike | str) -> List[Tuple[int, str]]:
         try:
             out.append((int(parts[0]), parts[1]))
         except (ValueError, IndexError):
-            raise PipelineError(f"{report}:{i}: expected 'line<TAB>relpath<TAB>...', got {line!r}") from None
+            raise UserError(f"{report}:{i}: expected 'line<TAB>relpath<TAB>...', got {line!r}") from None
     return out
 
 
@@ -109,7 +109,7 @@ def kept_entries(manifest: Manifest, nshard: int, rank: int, feat_dir: os.PathLi
         entry = by_line.get(line)
         if entry is None or entry.relpath != relpath:
             found = f"line {line} is {entry.relpath}" if entry else f"line {line} is not in shard {rank}/{nshard}"
-            raise PipelineError(
+            raise UserError(
                 f"{report} lists {relpath} at line {line} of the manifest, but in {manifest.path} {found}: "
                 f"give the manifest the features were dumped from (not the kept-files manifest), or redo the "
                 f"shard")
@@ -139,7 +139,7 @@ def write_kept_manifest(tsv_dir: os.PathLike | str, split: str, nshard: int,
     src = manifest_path(tsv_dir, split)
     dest = manifest_path(dest_dir, split)
     if dest.resolve() == src.resolve():
-        raise PipelineError(f"the kept-files manifest would overwrite {src}: choose another folder")
+        raise UserError(f"the kept-files manifest would overwrite {src}: choose another folder")
     manifest = read_manifest(src)
     rows: List[ManifestEntry] = []
     for rank in range(nshard):
@@ -147,8 +147,8 @@ def write_kept_manifest(tsv_dir: os.PathLike | str, split: str, nshard: int,
         len_path = feat_paths(feat_dir, split, rank, nshard)[1]
         n = len(read_lengths(len_path))
         if n != len(kept):
-            raise PipelineError(f"{len_path} has {n} utterances but shard {rank}/{nshard} of {src} keeps "
-                                f"{len(kept)}: the shard was made from another manifest; redo it")
+            raise UserError(f"{len_path} has {n} utterances but shard {rank}/{nshard} of {src} keeps "
+                            f"{len(kept)}: the shard was made from another manifest; redo it")
         rows += kept
     with atomic_output(dest) as f:
         f.write(f"{manifest.root}\n")

@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from simple_kmeans.cli import PipelineError
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("simple_kmeans")
 
@@ -33,21 +33,21 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 """errno values that mean "this output cannot be written" wherever they are raised."""
 
 
-def output_error(path: os.PathLike | str, e: OSError) -> PipelineError:
-    """A :class:`PipelineError` for a failed write of ``path``, with what to do about it."""
+def output_error(path: os.PathLike | str, e: OSError) -> UserError:
+    """A :class:`UserError` for a failed write of ``path``, with what to do about it."""
     hint = _WRITE_HINTS.get(e.errno or 0, "check the output folder")
-    return PipelineError(f"cannot write {path}: {e.strerror or e} ({hint}); the output was not completed "
-                         f"and nothing was marked complete")
+    return UserError(f"cannot write {path}: {e.strerror or e} ({hint}); the output was not completed "
+                     f"and nothing was marked complete")
 
 
 def make_dirs(directory: os.PathLike | str) -> Path:
-    """``mkdir -p directory`` with a :class:`PipelineError` naming it on failure."""
+    """``mkdir -p directory`` with a :class:`UserError` naming it on failure."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PipelineError(f"cannot create output folder {directory}: {e.strerror or e} "
-                            f"({_WRITE_HINTS.get(e.errno or 0, 'check the path')})") from None
+        raise UserError(f"cannot create output folder {directory}: {e.strerror or e} "
+                        f"({_WRITE_HINTS.get(e.errno or 0, 'check the path')})") from None
     return directory
 
 
@@ -55,7 +55,7 @@ def make_dirs(directory: os.PathLike | str) -> Path:
 def atomic_output(path: os.PathLike | str, mode: str = "w") -> Iterator:
     """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A full disk or an unwritable folder raises :class:`PipelineError` naming ``path``; the
+    A full disk or an unwritable folder raises :class:`UserError` naming ``path``; the
     temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
@@ -149,7 +149,7 @@ def check_writable_dir(directory: os.PathLike | str) -> Path:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test"):
             pass
     except OSError as e:
-        raise PipelineError(f"output folder {directory} is not writable: {e}") from None
+        raise UserError(f"output folder {directory} is not writable: {e}") from None
     return directory
 
 
@@ -159,7 +159,7 @@ class NpyStreamWriter:
     A fixed-size header is reserved and rewritten with the final shape on :meth:`close`;
     the data is written to a temporary name and renamed onto ``path`` only when closed
     successfully, so an interrupted job never leaves an ``.npy`` that looks complete.
-    Write failures (full disk, ...) raise :class:`PipelineError` naming ``path``.
+    Write failures (full disk, ...) raise :class:`UserError` naming ``path``.
     """
 
     HEADER_LEN = 128

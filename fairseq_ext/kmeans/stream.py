@@ -19,16 +19,16 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
-from simple_kmeans.common import PipelineError
-from simple_kmeans.feature_sample import _read_rows, _Shard, materialize
-from simple_kmeans.kmeans_backends import FitInfo, inertia, kmeans_plusplus, limit_threads
+from fairseq_ext.base.errors import UserError
+from fairseq_ext.kmeans.sample import Shard, materialize, read_rows
+from fairseq_ext.kmeans.backends import FitInfo, inertia, kmeans_plusplus, limit_threads
 
 logger = logging.getLogger("learn_kmeans")
 
 PIECES_PER_BATCH = 8
 
 
-def pieces(shards: List[_Shard], piece_frames: int) -> np.ndarray:
+def pieces(shards: List[Shard], piece_frames: int) -> np.ndarray:
     """``(shard, first frame, frames)`` rows cutting every sampled segment into runs of <= ``piece_frames``."""
     rows = []
     for i, shard in enumerate(shards):
@@ -39,14 +39,14 @@ def pieces(shards: List[_Shard], piece_frames: int) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
 
 
-def batches(shards: List[_Shard], table: np.ndarray, batch_size: int,
+def batches(shards: List[Shard], table: np.ndarray, batch_size: int,
             gen: np.random.Generator) -> Iterator[np.ndarray]:
     """Mini-batches (about ``batch_size`` frames, float32 (n, C)) covering every piece once, in random order."""
     dim = shards[0].feats.shape[1]
     buf = np.empty((batch_size + int(table[:, 2].max(initial=0)), dim), dtype=np.float32)
     n = 0
     for shard, first, size in table[gen.permutation(len(table))].tolist():
-        _read_rows(shards[shard], first, buf[n:n + size])
+        read_rows(shards[shard], first, buf[n:n + size])
         n += size
         if n >= batch_size:
             yield buf[:n]
@@ -55,7 +55,7 @@ def batches(shards: List[_Shard], table: np.ndarray, batch_size: int,
         yield buf[:n]
 
 
-def streamed_inertia(shards: List[_Shard], centers: np.ndarray, chunk_bytes: int = 32 * 2**20) -> Tuple[float, int]:
+def streamed_inertia(shards: List[Shard], centers: np.ndarray, chunk_bytes: int = 32 * 2**20) -> Tuple[float, int]:
     """``(sum of squared distances to the nearest centroid, frames)`` over every sampled frame.
 
     Frames are read in chunks of about ``chunk_bytes`` bytes.
@@ -67,19 +67,19 @@ def streamed_inertia(shards: List[_Shard], centers: np.ndarray, chunk_bytes: int
         for start, length in zip(shard.starts.tolist(), shard.lens.tolist()):
             for s in range(start, start + length, chunk):
                 n = min(chunk, start + length - s)
-                _read_rows(shard, s, buf[:n])
+                read_rows(shard, s, buf[:n])
                 total += inertia(buf[:n], centers)
                 frames += n
     return total, frames
 
 
-def fit_stream(shards: List[_Shard], n_clusters: int, seed: int = 0, batch_size: int = 10000,
+def fit_stream(shards: List[Shard], n_clusters: int, seed: int = 0, batch_size: int = 10000,
                passes: int = 1, seed_sample: int = 30000, reassignment_ratio: float = 0.01,
                threads=None):
     """Fit mini-batch k-means on every sampled frame of ``shards`` without loading them.
 
     Args:
-        shards: the shards and sampled segments of :func:`simple_kmeans.feature_sample.open_shards`.
+        shards: the shards and sampled segments of :func:`fairseq_ext.kmeans.sample.open_shards`.
         batch_size: frames per mini-batch.
         passes: passes over all sampled frames.
         seed_sample: frames drawn uniformly for the k-means++ seeding.
@@ -90,15 +90,15 @@ def fit_stream(shards: List[_Shard], n_clusters: int, seed: int = 0, batch_size:
     from sklearn.cluster import MiniBatchKMeans
 
     if batch_size < 1 or passes < 1 or seed_sample < 1:
-        raise PipelineError(f"--batch_size, --stream-passes and --seed-sample must be >= 1, got {batch_size}, "
-                            f"{passes} and {seed_sample}")
+        raise UserError(f"--batch_size, --stream-passes and --seed-sample must be >= 1, got {batch_size}, "
+                        f"{passes} and {seed_sample}")
     gen = np.random.default_rng([seed, 2])
     start = time.perf_counter()
     with limit_threads(threads):
         seed_frames = materialize(shards, max(seed_sample, n_clusters), gen)
         if len(seed_frames) < n_clusters:
-            raise PipelineError(f"only {len(seed_frames)} frames to stream, fewer than n_clusters={n_clusters}: "
-                                f"raise --percent or use fewer clusters")
+            raise UserError(f"only {len(seed_frames)} frames to stream, fewer than n_clusters={n_clusters}: "
+                            f"raise --percent or use fewer clusters")
         init = kmeans_plusplus(seed_frames, n_clusters, gen)
         logger.info("k-means++ seeding on %d frames: %.1f s", len(seed_frames), time.perf_counter() - start)
         del seed_frames

@@ -12,7 +12,7 @@ without this package being importable.
   ends ~7% worse in inertia on HuBERT features; seeding with k-means++ matches or beats the sklearn
   inertia in a fraction of the time (benchmarks/bench_kmeans.py).
 - ``torch``: the same k-means++ seeding, then Lloyd iterations in torch over all frames, on a GPU
-  when there is one, chunk by chunk (:mod:`simple_kmeans.kmeans_torch`).
+  when there is one, chunk by chunk (:mod:`fairseq_ext.kmeans.torch_lloyd`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from simple_kmeans.common import PipelineError, atomic_output
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("kmeans_backends")
 
@@ -129,7 +130,7 @@ def fit_faiss(feats: np.ndarray, n_clusters: int, seed: int = 0, init: str = "k-
     import faiss
 
     if init not in INITS:
-        raise PipelineError(f"--init {init!r} is not supported by the faiss backend; use one of {INITS}")
+        raise UserError(f"--init {init!r} is not supported by the faiss backend; use one of {INITS}")
     x = np.ascontiguousarray(feats, dtype=np.float32)
     n, dim = x.shape
     start = time.perf_counter()
@@ -249,7 +250,7 @@ def save_model(model, km_path: os.PathLike | str) -> None:
         with atomic_output(km_path, "wb") as f:
             joblib.dump(model, f)
     except OSError as e:
-        raise PipelineError(f"cannot write the k-means model {km_path}: {e}") from None
+        raise UserError(f"cannot write the k-means model {km_path}: {e}") from None
 
 
 def load_centers(km_path: os.PathLike | str) -> np.ndarray:
@@ -257,19 +258,19 @@ def load_centers(km_path: os.PathLike | str) -> np.ndarray:
     import joblib
 
     if not os.path.isfile(km_path):
-        raise PipelineError(f"k-means model {km_path} does not exist: train it with learn_kmeans.py")
+        raise UserError(f"k-means model {km_path} does not exist: train it with learn_kmeans.py")
     try:
         model = joblib.load(km_path)
     except Exception as e:  # joblib/pickle raise many types for corrupt files
-        raise PipelineError(f"cannot load k-means model {km_path}: {e}") from None
+        raise UserError(f"cannot load k-means model {km_path}: {e}") from None
     centers = getattr(model, "cluster_centers_", None)
     if centers is None:
-        raise PipelineError(
+        raise UserError(
             f"{km_path} holds a {type(model).__name__} without cluster_centers_: "
             f"expected a fitted k-means model from learn_kmeans.py"
         )
     centers = np.asarray(centers)
     if centers.ndim != 2 or not np.issubdtype(centers.dtype, np.floating):
-        raise PipelineError(f"{km_path}: cluster_centers_ has shape {centers.shape} / dtype {centers.dtype}, "
-                            f"expected a (K, dim) float array")
+        raise UserError(f"{km_path}: cluster_centers_ has shape {centers.shape} / dtype {centers.dtype}, "
+                        f"expected a (K, dim) float array")
     return centers

@@ -19,9 +19,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence
 
-from simple_kmeans.common import PipelineError, atomic_output, setup_logging
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.cli import setup_logging
+from fairseq_ext.base.errors import UserError
 
 logger = logging.getLogger("pipeline")
 
@@ -70,17 +72,17 @@ def call(func: str, kwargs: Dict[str, object]):
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def _quiet_loggers() -> None:
+def quiet_loggers() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Could not load AVX512 ..." noise
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     setup_logging()
-    _quiet_loggers()
+    quiet_loggers()
 
 
 @contextlib.contextmanager
-def _environ(values: Dict[str, str]):
+def environ_defaults(values: Dict[str, str]):
     """Temporarily set environment variables that are not already set (the user's settings win)."""
     saved = {k: os.environ.get(k) for k in values}
     for k, v in values.items():
@@ -96,15 +98,21 @@ def _environ(values: Dict[str, str]):
 
 
 @contextlib.contextmanager
-def _exclusive(out: Path):
-    """Refuse to run two pipelines on the same output folder at once."""
+def folder_lock(folder: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold ``folder/.lock`` while ``what`` runs in ``folder`` (created if missing).
+
+    With ``wait``, block until the holder is done; otherwise a second holder gets a
+    :class:`UserError` "another process is <what> in <folder>".
+    """
     import fcntl
 
-    with open(out / ".lock", "a") as f:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise PipelineError(f"another fairseq-ext-labels is running in {out}; wait for it to finish") from None
+            raise UserError(f"another process is {what} in {folder}; wait for it to finish") from None
         yield
 
 
@@ -137,7 +145,7 @@ class Runner:
     def pool(self) -> ProcessPoolExecutor:
         if self._pool is None:  # spawn: fork is unsafe after OpenMP/torch use in this process
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker)
+                                             initializer=init_worker)
         return self._pool
 
     def stamp_path(self, unit: Unit) -> Path:
@@ -189,7 +197,7 @@ class Runner:
         logger.info("running %s in %d processes: %s", step, self.jobs, ", ".join(u.name for u in todo))
         start = time.perf_counter()
         threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        with _environ({k: threads for k in THREAD_VARS}):  # inherited by workers started by submit()
+        with environ_defaults({k: threads for k in THREAD_VARS}):  # inherited by workers started by submit()
             futures = {self.pool().submit(call, u.func, u.kwargs): u for u in todo}
         errors = []
         for fut in as_completed(futures):  # finished units get their stamps even if another one fails
@@ -197,7 +205,7 @@ class Runner:
             try:
                 fut.result()
             except BrokenProcessPool:
-                errors.append((unit, PipelineError(
+                errors.append((unit, UserError(
                     f"a worker process died while running {unit.name} (out of memory?); "
                     f"rerun with fewer --jobs")))
             except Exception as e:
@@ -208,6 +216,6 @@ class Runner:
             logger.error("%s failed: %s", unit.name, e)
         if errors:
             unit, e = errors[0]
-            if isinstance(e, PipelineError):
-                raise PipelineError(f"{len(errors)} unit(s) failed; first: {unit.name}: {e}")
+            if isinstance(e, UserError):
+                raise UserError(f"{len(errors)} unit(s) failed; first: {unit.name}: {e}")
             raise e
