@@ -22,6 +22,9 @@ CONSOLE_SCRIPTS = {
     "fairseq-ext-train": "fairseq_ext.launch",
     "fairseq-ext-status": "simple_kmeans.status",
     "fairseq-ext-run-shards": "simple_kmeans.run_shards",
+    "fairseq-ext-timit-prep": "fairseq_ext.data.timit_prep",
+    "fairseq-ext-pr-eval": "fairseq_ext.pr_eval",
+    "fairseq-ext-collapse-phones": "fairseq_ext.data.collapse_phones",
 }
 
 setup(
@@ -51,6 +54,7 @@ setup(
         "pyworld>=0.3.4",
         "tqdm>=4.60",
         "threadpoolctl>=3.0",
+        "editdistance>=0.6",
     ],
     entry_points={
         "console_scripts": [f"{name}={module}:cli" for name, module in CONSOLE_SCRIPTS.items()]

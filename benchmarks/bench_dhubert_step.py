@@ -7,8 +7,8 @@ against plain HuBERT at equal sizes, side by side in one process:
   hubert        fairseq's HubertModel + fairseq's ``hubert`` criterion (what users run today)
   hubert_ext    this package's baseline: model ``dhubert`` with both heads off + ``hubert_summable``
   dhubert       model ``dhubert`` with the speaker adversary and the pitch head as configured in
-                config/pretrain/dhubert_*.yaml (frame-level confusion adversary, speaker-conditioned
-                prediction: ADVERSARY below; memory 1024 frames for tiny as dhubert_tiny, 4096 for
+                config/pretrain/dhubert_*.yaml (the model defaults: frame-level confusion adversary,
+                speaker-conditioned prediction; memory 1024 frames for tiny as dhubert_tiny, 4096 for
                 base4x256 as dhubert_base; ``--dhubert-set KEY=VALUE ...`` changes model keys) + criterion ``dhubert`` (speaker CE, log-F0 MSE, voicing BCE)
 
 Sizes (same masking, dropout 0, one seeded synthetic batch of 16 kHz noise, 100 Hz labels, K=100):
@@ -55,7 +55,6 @@ COMMON = dict(label_rate=100.0, mask_prob=0.65, mask_length=5, dropout=0.0, atte
               activation_dropout=0.0, dropout_input=0.0, dropout_features=0.0, encoder_layerdrop=0.0,
               feature_grad_mult=0.1, untie_final_proj=True, extractor_mode="default")
 N_CLUSTERS, N_SPEAKERS, SR = 100, 8, 16000
-ADVERSARY = dict(spk_unit="frame", spk_condition=True, spk_adversary="confusion")
 
 
 def parse_sets(items: Optional[List[str]]) -> Dict[str, object]:
@@ -96,9 +95,9 @@ def build(variant: str, size: Dict, dhubert_set: Optional[Dict[str, object]] = N
     if variant == "hubert":
         model = HubertModel(HubertConfig(**COMMON, **size["model"]), task_cfg, dicts)
         return model, HubertCriterion(**crit_args)
-    heads = {**size["heads"], **ADVERSARY, **(dhubert_set or {})} if variant == "dhubert" else dict(
-        spk_layer=0, pitch_layer=0)
-    cfg = DHubertConfig(**COMMON, **size["model"], **heads, head_dropout=0.0, grl_schedule="constant",
+    heads = {**size["heads"], **(dhubert_set or {})} if variant == "dhubert" else dict(
+        spk_layer=0, pitch_layer=0, spk_condition=False)
+    cfg = DHubertConfig(**COMMON, **size["model"], **heads, head_dropout=0.0, adv_schedule="constant",
                         max_update=1000)
     model = DHubertModel(cfg, task_cfg, dicts, n_speakers=N_SPEAKERS if variant == "dhubert" else 0)
     model.set_num_updates(500)
@@ -180,7 +179,7 @@ def main(quick: bool = False, sizes: str = "tiny,base4x256", repeats: int = 21, 
     variants = ["hubert", "hubert_ext", "dhubert"]
     results = {}
     print(f"torch {torch.__version__}, {threads} thread(s); median ms per training step over {repeats} "
-          f"interleaved repeats of {steps} steps; dhubert adversary {ADVERSARY | overrides}")
+          f"interleaved repeats of {steps} steps; dhubert: model defaults + {overrides}")
     ratios = ["dhubert/hubert", "hubert_ext/hubert", "dhubert/hubert_ext"]
     print(f"{'size':<10} {'batch':>9} " + " ".join(f"{v:>11}" for v in variants) + " "
           + " ".join(f"{r:>18}" for r in ratios))

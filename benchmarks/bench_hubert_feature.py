@@ -112,14 +112,14 @@ def make_audio(folder: Path, n_utts: int, min_s: float, max_s: float, seed: int 
     return folder
 
 
-def run_ours(reader, tsv_dir: Path, out_dir: Path, batch_seconds: float) -> Tuple[float, np.ndarray]:
-    from simple_kmeans import dump_hubert_feature as dhf
-    from fairseq_ext.base.manifest import read_manifest
+def run_ours(feature, tsv_dir: Path, out_dir: Path) -> Tuple[float, np.ndarray]:
+    """Our shard loop (simple_kmeans/shard_dump.py) with ``feature`` (a ``HubertLayerFeature``)."""
+    from simple_kmeans.shard_dump import dump_shard, plan_shard
 
-    manifest = read_manifest(tsv_dir / "train.tsv")
     start = time.perf_counter()
-    dhf.dump_entries(reader, manifest, manifest.entries, out_dir / "train_0_1.npy",
-                     out_dir / "train_0_1.len", batch_seconds)
+    job = plan_shard(str(tsv_dir), "train", 1, 0, str(out_dir))
+    job.begin()
+    dump_shard(job, feature)
     return time.perf_counter() - start, np.load(out_dir / "train_0_1.npy")
 
 
@@ -148,8 +148,9 @@ def main() -> None:
     import torch
 
     from fairseq_ext.base.cli import setup_logging
-    from simple_kmeans.dump_hubert_feature import HubertFeatureReader
-    from tests.hubert_ckpt import BASE_SIZE, make_tiny_hubert_checkpoint
+    from fairseq_ext.encoder import load_upstream
+    from simple_kmeans.dump_hubert_feature import HubertLayerFeature
+    from fairseq_ext.tiny_checkpoint import BASE_SIZE, make_tiny_hubert_checkpoint
 
     setup_logging("WARNING")
     if args.threads:
@@ -168,11 +169,11 @@ def main() -> None:
         make_audio(work, n_utts, min_s, max_s)
         seconds = sum(int(line.split("\t")[1]) for line in
                       (work / "train.tsv").read_text().splitlines()[1:]) / 16000
-        ours_reader = HubertFeatureReader.from_checkpoint(str(ckpt), layer)
+        feature = HubertLayerFeature(load_upstream(str(ckpt)), layer, batch_seconds=args.batch_seconds)
         ref_reader = fairseq_hubert_reader(str(ckpt), layer)
         t_ours, t_ref = [], []
         for _ in range(args.repeats):
-            t, ours = run_ours(ours_reader, work, work, args.batch_seconds)
+            t, ours = run_ours(feature, work, work)
             t_ours.append(t)
             t, ref = run_fairseq(ref_reader, work)
             t_ref.append(t)

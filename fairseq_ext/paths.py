@@ -8,7 +8,8 @@ _HERE = Path(__file__).resolve().parent
 
 
 def config_dir(group: str = "pretrain") -> Path:
-    """Folder to pass as ``fairseq-hydra-train --config-dir``: ``pretrain``, ``speaker`` or ``kws``.
+    """Folder to pass as ``fairseq-hydra-train --config-dir``: ``pretrain``, ``speaker``, ``kws`` or
+    ``downstream`` (phone recognition on a frozen upstream: ``pr_tiny``, ``pr``).
 
     Installed packages carry the configs as ``fairseq_ext/config``; a source checkout has them
     at the repository's top-level ``config/``.

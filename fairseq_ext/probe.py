@@ -1,6 +1,7 @@
 """Probing frozen layer features: what speaker and phone information each layer carries.
 
-Measures used to judge disentanglement (scripts/probe.py is the command line):
+Measures used to judge disentanglement (:func:`run_probe_report` reads a manifest and a checkpoint;
+scripts/probe.py is its command line):
 
 * speaker identification: each utterance's features are mean-pooled over time, standardised,
   and a multinomial logistic regression is trained on part of every speaker's utterances and
@@ -13,113 +14,31 @@ Measures used to judge disentanglement (scripts/probe.py is the command line):
 * speaker purity of the codes: the same numbers with the frame's speaker as the reference
   (``spk_purity`` = sum over codes of the largest speaker share; ``spk_nmi`` = MI / H(speaker)).
 
-All layers come out of one forward pass per utterance: the transformer encoder's per-layer
-results are captured with hooks. Layer L (1-based) is what ``model.extract_features(wav,
-output_layer=L)`` returns; layer 0 is the transformer's input (projected CNN features).
+All layers come out of one forward pass per utterance through :mod:`fairseq_ext.encoder`: layer L
+(1-based) is what ``model.extract_features(wav, output_layer=L)`` returns; layer 0 is the
+transformer's input (projected CNN features).
 """
 
 from __future__ import annotations
 
 import logging
+import json
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from fairseq_ext.base.atomic import atomic_output
 from fairseq_ext.base.cli import progress
 from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_audio, read_manifest
+from fairseq_ext.base.speakers import read_spk_file, speakers_from_table
 
 logger = logging.getLogger(__name__)
 
 FeatureFn = Callable[[int], Dict[int, np.ndarray]]
 """``extract(i)`` -> ``{layer: (T, C) float32}`` for utterance ``i``."""
-
-
-# --------------------------------------------------------------------------- features
-
-
-class LayerFeatureExtractor:
-    """Features of every transformer layer of a HuBERT-family model in one forward pass.
-
-    Args:
-        model: a fairseq ``HubertModel`` or subclass (a fine-tuned ``HubertCtc`` is unwrapped).
-        normalize: layer-normalise the waveform first (the task's ``normalize``).
-    """
-
-    def __init__(self, model: torch.nn.Module, normalize: bool = False):
-        if hasattr(model, "w2v_encoder"):  # fine-tuned HubertCtc / HubertSeq2Seq
-            model = model.w2v_encoder.w2v_model
-        if not hasattr(model, "encoder") or not hasattr(model.encoder, "layers"):
-            raise UserError(f"{type(model).__name__} is not a HuBERT-family model (no encoder.layers)")
-        self.model = model.eval()
-        self.normalize = normalize
-        self.device = next(model.parameters()).device
-        self.n_layers = len(model.encoder.layers)
-        self.conv_layers: List[Tuple[int, int, int]] = [
-            (m.out_channels, m.kernel_size[0], m.stride[0])
-            for m in model.feature_extractor.modules() if isinstance(m, torch.nn.Conv1d)
-        ]
-
-    @classmethod
-    def from_checkpoint(cls, ckpt_path: str, device: str = "cpu", trusted: bool = False) -> "LayerFeatureExtractor":
-        """Load ``ckpt_path`` with :func:`fairseq_ext.load_model`."""
-        from fairseq_ext.checkpoint import CheckpointError, load_model
-
-        try:
-            model, _, task = load_model(ckpt_path, device=device, trusted=trusted)
-        except (FileNotFoundError, CheckpointError) as e:
-            raise UserError(str(e)) from None
-        return cls(model, bool(getattr(task.cfg, "normalize", False)))
-
-    def num_frames(self, n_samples: int) -> int:
-        """Frames the CNN makes of ``n_samples`` samples."""
-        length = n_samples
-        for _, kernel, stride in self.conv_layers:
-            if length < kernel:
-                return 0
-            length = (length - kernel) // stride + 1
-        return length
-
-    @torch.no_grad()
-    def __call__(self, wav: np.ndarray, layers: Sequence[int]) -> Dict[int, np.ndarray]:
-        """``wav`` (S,) float waveform -> ``{layer: (T, C) float32}`` for the requested layers."""
-        for layer in layers:
-            if not 0 <= layer <= self.n_layers:
-                raise UserError(f"layer {layer} is out of range: the model has {self.n_layers} layers "
-                                f"(0 = transformer input)")
-        if self.num_frames(len(wav)) == 0:  # shorter than the CNN's receptive field
-            dim = self.model.encoder.embedding_dim
-            return {layer: np.zeros((0, dim), dtype=np.float32) for layer in layers}
-        source = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)
-        if self.normalize:
-            source = F.layer_norm(source, source.shape)
-        captured: Dict[str, object] = {}
-
-        def before(module, args, kwargs):
-            captured["input"] = args[0] if args else kwargs["x"]  # (B, T, C)
-
-        def after(module, args, output):
-            captured["layers"] = output[1]  # per layer (x (T, B, C), attn, ffn-residual)
-
-        encoder = self.model.encoder
-        hooks = [encoder.register_forward_pre_hook(before, with_kwargs=True), encoder.register_forward_hook(after)]
-        try:
-            self.model.extract_features(source[None], padding_mask=None, mask=False)
-        finally:
-            for h in hooks:
-                h.remove()
-        results = captured.get("layers")
-        if not isinstance(results, list) or len(results) != self.n_layers:
-            raise UserError(f"{type(self.model).__name__}'s encoder did not return one result per layer; "
-                            f"this model cannot be probed")
-        out = {}
-        for layer in layers:
-            x = captured["input"][0] if layer == 0 else results[layer - 1][0][:, 0]
-            out[layer] = x.float().cpu().numpy()
-        return out
 
 
 # --------------------------------------------------------------------------- speaker identification
@@ -333,3 +252,102 @@ def format_table(results: Dict[int, Dict[str, float]]) -> str:
         cells = [f"{r[k]:8.4f}" if k in r and not math.isnan(r[k]) else f"{'-':>8}" for k, _ in present]
         lines.append(f"{layer:>5} " + " ".join(cells))
     return "\n".join(lines)
+
+
+def parse_layers(spec: str, n_layers: int) -> List[int]:
+    """``"all"`` -> 1..n_layers; ``"0,6,12"`` -> [0, 6, 12] (checked against ``n_layers``)."""
+    if spec == "all":
+        return list(range(1, n_layers + 1))
+    try:
+        layers = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"--layers must be 'all' or comma-separated integers, got {spec!r}") from None
+    bad = [layer for layer in layers if not 0 <= layer <= n_layers]
+    if not layers or bad:
+        raise UserError(f"--layers {spec!r}: the model has layers 1..{n_layers} (0 = transformer input)")
+    return layers
+
+
+def run_probe_report(tsv: str, ckpt: str, layers: str = "all", spk_file: Optional[str] = None,
+                     speakers: Optional[str] = None, phones: Optional[str] = None, phone_rate: float = 100.0,
+                     n_clusters: int = 100, kmeans_frames: int = 30000, speaker_purity: bool = False,
+                     test_fraction: float = 0.25, seed: int = 0, device: str = "auto",
+                     json_path: Optional[str] = None, trust_checkpoint: bool = False) -> dict:
+    """Probe the layers of checkpoint ``ckpt`` on the utterances of manifest ``tsv``.
+
+    Args:
+        layers: ``"all"`` or comma-separated layers (1-based; 0 = transformer input).
+        spk_file / speakers: speaker per manifest line (``{split}.spk``) or a ``uid<TAB>speaker`` table.
+        phones: frame-level phone references (``uid<TAB>p1,p2,...`` at ``phone_rate`` Hz).
+        json_path: also write the report there.
+    Returns:
+        the report: ``{"checkpoint", "manifest", "n_utterances", "n_layers", "options",
+        "layers": {str(layer): {metric: value}}}`` (:func:`report_text` prints it).
+    """
+    import torch
+
+    from fairseq_ext.encoder import ChunkedReader, load_upstream
+    from fairseq_ext.label_quality import read_phones
+
+    if spk_file is None and speakers is None and phones is None:
+        raise UserError("nothing to probe: give --spk-file or --speakers, and/or --phones")
+    if speaker_purity and spk_file is None and speakers is None:
+        raise UserError("--speaker-purity needs --spk-file or --speakers")
+    manifest = read_manifest(tsv)
+    spk: Optional[List[str]] = None
+    if spk_file is not None:
+        spk = read_spk_file(spk_file)
+        if len(spk) != len(manifest):
+            raise UserError(f"{spk_file} has {len(spk)} lines but {tsv} lists {len(manifest)} files")
+    elif speakers is not None:
+        spk = speakers_from_table(manifest, speakers)
+    ref = read_phones(phones) if phones is not None else None
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    upstream = load_upstream(ckpt, device=device, trusted=trust_checkpoint)
+    layer_list = parse_layers(layers, upstream.num_layers)
+    reader = ChunkedReader(upstream, layer_list)
+    model_rate = upstream.sample_rate / upstream.frame_shift
+    upsample = phone_rate / model_rate
+    if ref is not None and (upsample < 1 or abs(upsample - round(upsample)) > 1e-6):
+        raise UserError(f"--phone-rate {phone_rate:g} Hz must be a whole multiple of the model's frame "
+                        f"rate ({model_rate:g} Hz)")
+    uids = [manifest.uid(e) for e in manifest.entries]
+
+    def extract(i: int) -> Dict[int, np.ndarray]:
+        e = manifest.entries[i]
+        wav = read_audio(manifest.audio_path(e), upstream.sample_rate, e.n_samples, where=f"{tsv}:{e.line}")
+        return reader.extract([wav])[0]
+
+    options = ProbeOptions(n_clusters=n_clusters, kmeans_frames=kmeans_frames, test_fraction=test_fraction,
+                           seed=seed, phone_upsample=int(round(upsample)), speaker_purity=speaker_purity)
+    expected = sum(reader.num_frames(e.n_samples) for e in manifest.entries)
+    results = run_probe(uids, extract, layer_list, spk, ref, options, expected_frames=expected)
+    report = {
+        "checkpoint": str(ckpt), "manifest": str(tsv), "n_utterances": len(uids),
+        "options": {"n_clusters": n_clusters, "kmeans_frames": kmeans_frames, "test_fraction": test_fraction,
+                    "seed": seed, "phone_rate": phone_rate, "model_frame_rate": model_rate},
+        "layers": {str(layer): results[layer] for layer in layer_list},
+    }
+    if json_path:
+        with atomic_output(json_path) as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+        logger.info("wrote %s", json_path)
+    report["n_layers"] = upstream.num_layers
+    return report
+
+
+def report_text(report: dict) -> str:
+    """The header lines and per-layer table of a :func:`run_probe_report` report."""
+    results = {int(layer): r for layer, r in report["layers"].items()}
+    first = results[min(results)]
+    lines = [f"checkpoint {report['checkpoint']}: {report.get('n_layers', '?')} layers; "
+             f"{report['n_utterances']} utterances from {report['manifest']}"]
+    if "spk_acc" in first:
+        lines.append(f"speaker probe: {first['n_speakers']} speakers, {first['n_train']} train / "
+                     f"{first['n_test']} test utterances, chance {first['spk_chance']:.4f}")
+    if any(k in first for k in ("pnmi", "spk_purity")):
+        lines.append(f"k-means: {report['options']['n_clusters']} clusters per layer")
+    return "\n".join(lines) + "\n" + format_table(results)

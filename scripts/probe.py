@@ -28,106 +28,22 @@ The table goes to stdout; --json also writes the numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 if __name__ == "__main__":  # run from a checkout: use its packages, not a stale installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairseq_ext.base.atomic import atomic_output  # noqa: E402
 from fairseq_ext.base.cli import run_cli  # noqa: E402
-from fairseq_ext.base.errors import UserError  # noqa: E402
-from fairseq_ext.base.manifest import read_audio, read_manifest  # noqa: E402
-
-logger = logging.getLogger("probe")
 
 
-def parse_layers(spec: str, n_layers: int) -> List[int]:
-    """``"all"`` -> 1..n_layers; ``"0,6,12"`` -> [0, 6, 12] (checked against ``n_layers``)."""
-    if spec == "all":
-        return list(range(1, n_layers + 1))
-    try:
-        layers = sorted({int(s) for s in spec.split(",") if s.strip()})
-    except ValueError:
-        raise UserError(f"--layers must be 'all' or comma-separated integers, got {spec!r}") from None
-    bad = [layer for layer in layers if not 0 <= layer <= n_layers]
-    if not layers or bad:
-        raise UserError(f"--layers {spec!r}: the model has layers 1..{n_layers} (0 = transformer input)")
-    return layers
+def main(tsv: str, ckpt: str, json_path: Optional[str] = None, **options) -> dict:
+    """Run :func:`fairseq_ext.probe.run_probe_report` and print its table; returns the report."""
+    from fairseq_ext.probe import report_text, run_probe_report
 
-
-def main(tsv: str, ckpt: str, layers: str = "all", spk_file: Optional[str] = None, speakers: Optional[str] = None,
-         phones: Optional[str] = None, phone_rate: float = 100.0, n_clusters: int = 100, kmeans_frames: int = 30000,
-         speaker_purity: bool = False, test_fraction: float = 0.25, seed: int = 0, device: str = "auto",
-         json_path: Optional[str] = None, trust_checkpoint: bool = False) -> dict:
-    """Run the probe and print the table; returns the JSON report."""
-    import torch
-
-    from fairseq_ext.probe import LayerFeatureExtractor, ProbeOptions, format_table, run_probe
-    from fairseq_ext.label_quality import read_phones
-    from simple_kmeans.speaker_labels import read_spk_file, speakers_from_table
-
-    if spk_file is None and speakers is None and phones is None:
-        raise UserError("nothing to probe: give --spk-file or --speakers, and/or --phones")
-    if speaker_purity and spk_file is None and speakers is None:
-        raise UserError("--speaker-purity needs --spk-file or --speakers")
-    manifest = read_manifest(tsv)
-    spk: Optional[List[str]] = None
-    if spk_file is not None:
-        spk = read_spk_file(spk_file)
-        if len(spk) != len(manifest):
-            raise UserError(f"{spk_file} has {len(spk)} lines but {tsv} lists {len(manifest)} files")
-    elif speakers is not None:
-        spk = speakers_from_table(manifest, speakers)
-    ref = read_phones(phones) if phones is not None else None
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    extractor = LayerFeatureExtractor.from_checkpoint(ckpt, device=device, trusted=trust_checkpoint)
-    layer_list = parse_layers(layers, extractor.n_layers)
-    stride = 1
-    for _, _, s in extractor.conv_layers:
-        stride *= s
-    sample_rate = 16000
-    model_rate = sample_rate / stride
-    upsample = phone_rate / model_rate
-    if ref is not None and (upsample < 1 or abs(upsample - round(upsample)) > 1e-6):
-        raise UserError(f"--phone-rate {phone_rate:g} Hz must be a whole multiple of the model's frame "
-                        f"rate ({model_rate:g} Hz)")
-    uids = [manifest.uid(e) for e in manifest.entries]
-
-    def extract(i: int):
-        e = manifest.entries[i]
-        wav = read_audio(manifest.audio_path(e), sample_rate, e.n_samples, where=f"{tsv}:{e.line}")
-        return extractor(wav, layer_list)
-
-    options = ProbeOptions(n_clusters=n_clusters, kmeans_frames=kmeans_frames, test_fraction=test_fraction,
-                           seed=seed, phone_upsample=int(round(upsample)), speaker_purity=speaker_purity)
-    expected = sum(extractor.num_frames(e.n_samples) for e in manifest.entries)
-    results = run_probe(uids, extract, layer_list, spk, ref, options, expected_frames=expected)
-
-    first = results[layer_list[0]]
-    lines = [f"checkpoint {ckpt}: {extractor.n_layers} layers; {len(uids)} utterances from {tsv}"]
-    if "spk_acc" in first:
-        lines.append(f"speaker probe: {first['n_speakers']} speakers, {first['n_train']} train / "
-                     f"{first['n_test']} test utterances, chance {first['spk_chance']:.4f}")
-    if ref is not None or speaker_purity:
-        lines.append(f"k-means: {n_clusters} clusters per layer")
-    print("\n".join(lines) + "\n" + format_table(results), flush=True)
-    report = {
-        "checkpoint": str(ckpt), "manifest": str(tsv), "n_utterances": len(uids),
-        "options": {"n_clusters": n_clusters, "kmeans_frames": kmeans_frames, "test_fraction": test_fraction,
-                    "seed": seed, "phone_rate": phone_rate, "model_frame_rate": model_rate},
-        "layers": {str(layer): results[layer] for layer in layer_list},
-    }
-    if json_path:
-        with atomic_output(json_path) as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
-        logger.info("wrote %s", json_path)
+    report = run_probe_report(tsv, ckpt, json_path=json_path, **options)
+    print(report_text(report), flush=True)
     return report
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's simple_kmeans
 
-from simple_kmeans.run_shards import cli, get_parser, main  # noqa: E402,F401
+from simple_kmeans.run_shards import cli  # noqa: E402
 
 if __name__ == "__main__":
     cli()

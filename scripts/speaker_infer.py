@@ -15,64 +15,18 @@ checkpoint, so the training data need not be present. Models with a frozen SSL u
 their SSL checkpoint: pass --ssl-checkpoint when it has moved.
 """
 
+from __future__ import annotations
+
 import argparse
-import csv
-import logging
+import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional, Sequence
 
-import torch
+if __name__ == "__main__":  # run from a checkout: use its packages, not a stale installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairseq_ext.base.atomic import atomic_output
-from fairseq_ext.base.cli import progress, run_cli
-from fairseq_ext.base.errors import UserError
-
-logger = logging.getLogger("speaker_infer")
-
-
-@torch.no_grad()
-def predict(model, dataset, batch_size: int, device: str) -> torch.Tensor:
-    """Class index per item of ``dataset`` (in dataset order): ``(N,)``."""
-    order = sorted(range(len(dataset)), key=lambda i: dataset.sizes[i])
-    preds = torch.empty(len(dataset), dtype=torch.long)
-    for start in progress(range(0, len(order), batch_size), desc="predicting", unit="batch"):
-        batch = dataset.collater([dataset[i] for i in order[start:start + batch_size]])
-        net_input = {k: v.to(device) for k, v in batch["net_input"].items()}
-        logits = model(**net_input)["logits"]
-        preds[batch["id"]] = logits.argmax(-1).cpu()
-    return preds
-
-
-def main(checkpoint: str, input: str, output: str, batch_size: int = 32, device: str = "cpu",
-         ssl_checkpoint: Optional[str] = None) -> Path:
-    """Write ``output`` (Id,Category); returns its path."""
-    from fairseq_ext import load_model
-
-    if not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint {checkpoint} does not exist")
-    if not Path(input).is_file():
-        raise UserError(f"input {input} does not exist: give a testdata.json or a manifest .tsv")
-    if batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
-    overrides = {"ssl_checkpoint": ssl_checkpoint} if ssl_checkpoint else None
-    model, cfg, task = load_model(checkpoint, arg_overrides=overrides, device=device)
-    if not hasattr(task, "inference_dataset"):
-        raise UserError(f"{checkpoint} was trained with task {cfg.task._name!r}, not speaker_classification")
-    dataset, ids = task.inference_dataset(input)
-    labels: List[str] = task.labels
-    preds = predict(model, dataset, batch_size, device)
-    targets = dataset.labels
-    if (targets >= 0).all():
-        acc = float((preds.numpy() == targets).mean()) * 100
-        logger.info("accuracy on %s: %.2f%% (%d utterances)", input, acc, len(ids))
-    out = Path(output)
-    with atomic_output(out, "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["Id", "Category"])
-        for uid, p in zip(ids, preds.tolist()):
-            writer.writerow([uid, labels[p]])
-    logger.info("wrote %d predictions to %s", len(ids), out)
-    return out
+from fairseq_ext.base.cli import run_cli  # noqa: E402
+from fairseq_ext.speaker_inference import write_predictions  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -87,8 +41,8 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli(argv=None) -> None:
-    run_cli(main, get_parser(), argv)
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    run_cli(write_predictions, get_parser(), argv)
 
 
 if __name__ == "__main__":

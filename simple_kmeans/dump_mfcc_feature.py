@@ -31,19 +31,44 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
-from typing import Tuple
+from typing import List, Optional, Tuple
 
-from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output, begin_shard, check_writable_dir
-from fairseq_ext.base.bad_audio import BadAudio, skipped_path
-from fairseq_ext.base.cli import progress, run_cli
+import numpy as np
+
+from fairseq_ext.base.bad_audio import BadAudio
+from fairseq_ext.base.cli import run_cli
 from fairseq_ext.base.errors import UserError
-from fairseq_ext.base.manifest import manifest_path, read_manifest
-from fairseq_ext.base.shards import ShardArg, feat_paths, resolve_shard, shard_arg, shard_range
+from fairseq_ext.base.manifest import Manifest, ManifestEntry
+from fairseq_ext.base.shards import ShardArg, shard_arg, shard_range
 from simple_kmeans.mfcc import DEFAULT_BLOCK_FRAMES, DIM, MfccExtractor
+from simple_kmeans.shard_dump import ShardFeature, check_too_short, dump_shard, plan_shard, too_short_listing
 
 logger = logging.getLogger("dump_mfcc_feature")
+
+
+class MfccFeature(ShardFeature):
+    """39-D MFCC + deltas per utterance, for :func:`simple_kmeans.shard_dump.dump_shard`."""
+
+    name = "mfcc"
+    dim = DIM
+
+    def __init__(self, sample_rate: int, batch_frames: int):
+        self.sample_rate = sample_rate
+        self.extractor = MfccExtractor(sample_rate, block_frames=batch_frames)
+
+    def too_short(self, manifest: Manifest, entry: ManifestEntry) -> Optional[str]:
+        if self.extractor.num_frames(entry.n_samples) > 0:
+            return None
+        return (f"{manifest.path}:{entry.line}: {manifest.audio_path(entry)} has {entry.n_samples} samples, "
+                f"shorter than one {self.extractor.window_size}-sample analysis window (no MFCC frame)")
+
+    def refuse_too_short(self, manifest: Manifest, entries: List[ManifestEntry], bad: BadAudio) -> None:
+        raise too_short_listing(manifest, entries, f"shorter than one {self.extractor.window_size}-sample "
+                                                   f"analysis window and have no MFCC frames")
+
+    def extract(self, wavs: List[np.ndarray]) -> List[np.ndarray]:
+        return [self.extractor(wav) for wav in wavs]
 
 
 def main(
@@ -63,59 +88,23 @@ def main(
     Returns:
         ``(npy_path, len_path)``.
     """
-    nshard, rank = resolve_shard(nshard, rank)
+    job = plan_shard(tsv_dir, split, nshard, rank, feat_dir, skip_bad)
     if sample_rate <= 0:
         raise UserError(f"--sample-rate must be positive, got {sample_rate}")
     if batch_frames < 1:
         raise UserError(f"--batch-frames must be >= 1, got {batch_frames}")
-    manifest = read_manifest(manifest_path(tsv_dir, split))
-    entries = manifest.shard(nshard, rank)
-    extractor = MfccExtractor(sample_rate, block_frames=batch_frames)
-    report = skipped_path(feat_dir, split, rank, nshard)
-    bad = BadAudio(skip_bad, report)
-    too_short = {e for e in entries if extractor.num_frames(e.n_samples) == 0}
-    if too_short and not skip_bad:
-        listed = "; ".join(f"{manifest.path}:{e.line}: {e.relpath} ({e.n_samples} samples)"
-                           for e in sorted(too_short, key=lambda e: e.line)[:5])
-        more = f" and {len(too_short) - 5} more" if len(too_short) > 5 else ""
-        raise UserError(
-            f"{len(too_short)} file(s) are shorter than one {extractor.window_size}-sample analysis window "
-            f"and have no MFCC frames: {listed}{more}; remove them from the manifest (or pass --skip-bad)"
-        )
-
-    check_writable_dir(feat_dir)
-    npy_path, len_path = feat_paths(feat_dir, split, rank, nshard)
-    begin_shard(len_path, npy_path, report)  # a rerun redoes the shard; never leave stale outputs
-    first, end = shard_range(len(manifest), nshard, rank)
+    feature = MfccFeature(sample_rate, batch_frames)
+    too_short = check_too_short(job, feature)
+    job.begin()  # a rerun redoes the shard; never leave stale outputs
+    first, end = shard_range(len(job.manifest), job.nshard, job.rank)
     logger.info("rank %d of %d: utterances %d-%d of %d from %s -> %s",
-                rank, nshard, first, end - 1, len(manifest), manifest.path, npy_path)
-
-    n_frames = n_samples = 0
-    t0 = time.perf_counter()
-    # commit order: .npy, then the skipped report, then .len (renamed last: the shard is complete)
-    with atomic_output(len_path) as len_f:
-        with NpyStreamWriter(npy_path, dim=DIM) as writer:
-            for entry in progress(entries, desc=f"mfcc {split} {rank}/{nshard}", unit="utt"):
-                if entry in too_short:
-                    bad.skip(entry, f"{manifest.path}:{entry.line}: {manifest.audio_path(entry)} has "
-                                    f"{entry.n_samples} samples, shorter than one {extractor.window_size}-sample "
-                                    f"analysis window (no MFCC frame)")
-                    continue
-                wav = bad.read(manifest, entry, sample_rate)  # raises without --skip-bad
-                if wav is None:
-                    continue
-                feats = extractor(wav)
-                writer.append(feats)
-                len_f.write(f"{len(feats)}\n")
-                n_frames += len(feats)
-                n_samples += len(wav)
-        bad.write_report()
-    elapsed = time.perf_counter() - t0
-    audio_s = n_samples / sample_rate
+                job.rank, job.nshard, first, end - 1, len(job.manifest), job.manifest.path, job.npy_path)
+    stats = dump_shard(job, feature, too_short)
+    audio_s = stats.samples / sample_rate
     logger.info("wrote %d frames of %d utterances (%.1f s of audio) in %.1f s (%.0fx real time): %s, %s",
-                n_frames, len(entries) - len(bad.skipped), audio_s, elapsed, audio_s / max(elapsed, 1e-9),
-                npy_path, len_path)
-    return npy_path, len_path
+                stats.frames, stats.utterances, audio_s, stats.seconds, audio_s / max(stats.seconds, 1e-9),
+                job.npy_path, job.len_path)
+    return job.npy_path, job.len_path
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -39,111 +39,27 @@ voiced/unvoiced decisions (harvest over-extends voicing).
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import logging
 import math
 import os
-import sys
-import time
 from pathlib import Path
-from types import ModuleType
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
-from fairseq_ext.base.atomic import NpyStreamWriter, atomic_output, begin_shard, check_writable_dir
-from fairseq_ext.base.bad_audio import BadAudio, skipped_path
-from fairseq_ext.base.cli import progress, run_cli
+from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.cli import run_cli
 from fairseq_ext.base.errors import UserError
-from fairseq_ext.base.manifest import manifest_path, read_manifest
-from fairseq_ext.base.shards import ShardArg, feat_paths, resolve_shard, shard_arg, shard_stem
+from fairseq_ext.base.frames import FRAME_RATES, frame_centres, frames_at_rate
+from fairseq_ext.base.shards import ShardArg, shard_arg, shard_stem
+from simple_kmeans.shard_dump import ShardFeature, dump_shard, plan_shard
 
 logger = logging.getLogger("dump_pitch_feature")
 
 SAMPLE_RATE = 16000
-FRAME_RATES = (50, 100)
 METHODS = ("dio", "harvest")
-# HuBERT / wav2vec 2.0 convolutional feature encoder: (dim, kernel, stride) per layer
-HUBERT_CONV_LAYERS: List[Tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
-MFCC_WINDOW = 400  # 25 ms at 16 kHz
-MFCC_SHIFT = 160  # 10 ms at 16 kHz
 ANALYSIS_HOP = 40  # WORLD analysis period in samples (2.5 ms at 16 kHz)
-
-
-# --------------------------------------------------------------------------- pyworld
-
-
-def load_pyworld() -> ModuleType:
-    """Return pyworld's compiled module (``dio``, ``stonemask``, ``harvest``).
-
-    pyworld 0.3.5's ``__init__`` imports ``pkg_resources`` only to read its own version, and
-    setuptools >= 81 no longer ships ``pkg_resources``; when it is missing the compiled
-    extension is loaded directly from the installed package folder.
-    """
-    if importlib.util.find_spec("pkg_resources") is not None:
-        import pyworld
-
-        return pyworld
-    name = "pyworld.pyworld"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec("pyworld")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("pyworld is not installed: pip install pyworld")
-    folder = spec.submodule_search_locations[0]
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    candidates = [f for f in os.listdir(folder) if f.startswith("pyworld.") and f.endswith(suffixes)]
-    if not candidates:
-        raise UserError(f"pyworld's compiled module is missing from {folder}: reinstall pyworld")
-    ext_spec = importlib.util.spec_from_file_location(name, os.path.join(folder, candidates[0]))
-    module = importlib.util.module_from_spec(ext_spec)
-    ext_spec.loader.exec_module(module)
-    sys.modules[name] = module
-    return module
-
-
-# --------------------------------------------------------------------------- frame grids
-
-
-def conv_output_length(n_samples: int, conv_layers: Sequence[Tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> int:
-    """Frames produced by an unpadded conv stack ``[(dim, kernel, stride), ...]`` on ``n_samples``."""
-    length = int(n_samples)
-    for _, kernel, stride in conv_layers:
-        if length < kernel:
-            return 0
-        length = (length - kernel) // stride + 1
-    return length
-
-
-def conv_receptive_field(conv_layers: Sequence[Tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> Tuple[int, int]:
-    """``(receptive field, total stride)`` in samples of a conv stack (400, 320 for HuBERT)."""
-    field, stride = 1, 1
-    for _, kernel, s in conv_layers:
-        field += (kernel - 1) * stride
-        stride *= s
-    return field, stride
-
-
-def num_frames(n_samples: int, frame_rate: int) -> int:
-    """Number of label frames of an utterance at ``frame_rate`` (50: HuBERT CNN, 100: MFCC)."""
-    if frame_rate == 100:
-        return 0 if n_samples < MFCC_WINDOW else 1 + (n_samples - MFCC_WINDOW) // MFCC_SHIFT
-    if frame_rate == 50:
-        return conv_output_length(n_samples)
-    raise UserError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
-
-
-def frame_centres(n_frames: int, frame_rate: int) -> np.ndarray:
-    """Sample index of the centre of each frame, shape ``(n_frames,)``."""
-    if frame_rate == 100:
-        window, shift = MFCC_WINDOW, MFCC_SHIFT
-    elif frame_rate == 50:
-        window, shift = conv_receptive_field()
-    else:
-        raise UserError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
-    return np.arange(n_frames, dtype=np.int64) * shift + window // 2
 
 
 # --------------------------------------------------------------------------- pitch
@@ -197,11 +113,16 @@ class PitchExtractor:
         self.method = method
         self.sample_rate = sample_rate
         self.fill = default_log_f0(self.f0_floor, self.f0_ceil)
-        self._pw = load_pyworld()
+        try:  # imported here: --help and pitch_stats need no pyworld
+            import pyworld
+        except ImportError as e:
+            raise UserError(f"pyworld cannot be imported ({e}): pip install -r requirements.txt "
+                            f"(pyworld 0.3.5 needs setuptools<81 for pkg_resources)") from None
+        self._pw = pyworld
 
     def f0(self, wav: np.ndarray) -> np.ndarray:
         """F0 in Hz (0 = unvoiced) at each frame centre; ``wav`` ``(N,)`` -> ``(T,)``."""
-        n = num_frames(len(wav), self.frame_rate)
+        n = frames_at_rate(len(wav), self.frame_rate)
         if n == 0:
             return np.zeros(0)
         x = np.ascontiguousarray(wav, dtype=np.float64)
@@ -236,6 +157,35 @@ def stats_path(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int) 
     return stem.with_name(stem.name + ".pitch_stats.json")
 
 
+class PitchFeature(ShardFeature):
+    """Pitch per utterance for :func:`simple_kmeans.shard_dump.dump_shard`; keeps the voiced-frame moments
+    and writes them to the shard's ``.pitch_stats.json`` (:meth:`finish`)."""
+
+    name = "pitch"
+    dim = 2
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, extractor: PitchExtractor, stats: Path, header: dict):
+        self.extractor, self.stats, self.header = extractor, stats, header
+        self.lengths: List[int] = []
+        self.moments: List[List[float]] = []
+
+    def extract(self, wavs: List[np.ndarray]) -> List[np.ndarray]:
+        out = [self.extractor(wav) for wav in wavs]
+        for feats in out:
+            self.lengths.append(len(feats))
+            self.moments.append(list(voiced_moments(feats)))
+        return out
+
+    def finish(self) -> None:
+        partial = {
+            **self.header, "n_utterances": len(self.lengths), "n_frames": int(sum(self.lengths)),
+            "utterances": self.moments,  # per kept manifest line: [voiced frames, mean log F0, sum of squared deviations]
+        }
+        with atomic_output(self.stats) as f:
+            json.dump(partial, f)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -245,49 +195,22 @@ def main(tsv_dir: str, split: str, nshard: ShardArg, rank: ShardArg, feat_dir: s
 
     ``nshard`` / ``rank`` may be ``"env"`` (:func:`fairseq_ext.base.shards.resolve_shard`).
     """
-    nshard, rank = resolve_shard(nshard, rank)
     extractor = PitchExtractor(frame_rate, f0_floor, f0_ceil, method)
-    tsv = manifest_path(tsv_dir, split)
-    manifest = read_manifest(tsv)
-    entries = manifest.shard(nshard, rank)
-    check_writable_dir(feat_dir)
-    npy_path, len_path = feat_paths(feat_dir, split, rank, nshard)
-    stats = stats_path(feat_dir, split, rank, nshard)
-    report = skipped_path(feat_dir, split, rank, nshard)
-    begin_shard(len_path, npy_path, stats, report)
-    bad = BadAudio(skip_bad, report)
-    start = time.perf_counter()
-    lengths: List[int] = []
-    moments: List[List[float]] = []
-    # commit order: .npy, statistics, skipped report, then .len (renamed last: the shard is complete)
-    with NpyStreamWriter(npy_path, dim=2) as writer:
-        for entry in progress(entries, desc=f"pitch {split} {rank}/{nshard}", unit="utt"):
-            wav = bad.read(manifest, entry, SAMPLE_RATE)  # raises without --skip-bad
-            if wav is None:
-                continue
-            feats = extractor(wav)
-            writer.append(feats)
-            lengths.append(len(feats))
-            moments.append(list(voiced_moments(feats)))
-    partial = {
-        "split": split, "rank": rank, "nshard": nshard, "frame_rate": frame_rate,
-        "method": method, "f0_floor": extractor.f0_floor, "f0_ceil": extractor.f0_ceil,
-        "n_utterances": len(lengths), "n_frames": int(sum(lengths)),
-        "utterances": moments,  # per kept manifest line: [voiced frames, mean log F0, sum of squared deviations]
-    }
-    with atomic_output(stats) as f:
-        json.dump(partial, f)
-    bad.write_report()
-    with atomic_output(len_path) as f:
-        f.writelines(f"{n}\n" for n in lengths)
-    n_voiced = sum(int(m[0]) for m in moments)
-    elapsed = time.perf_counter() - start
-    skipped = {e.line for e, _ in bad.skipped}
-    audio_s = sum(e.n_samples for e in entries if e.line not in skipped) / SAMPLE_RATE
+    job = plan_shard(tsv_dir, split, nshard, rank, feat_dir, skip_bad)
+    stats = stats_path(feat_dir, split, job.rank, job.nshard)
+    job.extra_outputs.append(stats)
+    job.begin()
+    header = {"split": split, "rank": job.rank, "nshard": job.nshard, "frame_rate": frame_rate, "method": method,
+              "f0_floor": extractor.f0_floor, "f0_ceil": extractor.f0_ceil}
+    feature = PitchFeature(extractor, stats, header)
+    done = dump_shard(job, feature)
+    n_voiced = sum(int(m[0]) for m in feature.moments)
+    audio_s = done.samples / SAMPLE_RATE
     logger.info("wrote %s: %d utterances, %d frames (%.1f%% voiced) at %d Hz, %.1f s of audio in %.1f s "
-                "(%.0fx real time)", npy_path, len(lengths), sum(lengths), 100.0 * n_voiced / max(sum(lengths), 1),
-                frame_rate, audio_s, elapsed, audio_s / max(elapsed, 1e-9))
-    return npy_path
+                "(%.0fx real time)", job.npy_path, done.utterances, done.frames,
+                100.0 * n_voiced / max(done.frames, 1), frame_rate, audio_s, done.seconds,
+                audio_s / max(done.seconds, 1e-9))
+    return job.npy_path
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -30,22 +30,12 @@ from typing import Dict, List, Optional, Sequence
 from fairseq_ext.base.atomic import atomic_output
 from fairseq_ext.base.cli import run_cli
 from fairseq_ext.base.errors import UserError
-from fairseq_ext.base.manifest import manifest_path, read_manifest
-from simple_kmeans.measure_quality import read_dict_size
+from fairseq_ext.base.manifest import manifest_path
+from simple_kmeans.measure_quality import read_dict_size, read_label_lines
 
 logger = logging.getLogger("export_espnet")
 
 SPECIAL_TOKENS = ("<unk>", "<sos/eos>")
-
-
-def utterance_id(relpath: str, uid_style: str = "basename") -> str:
-    """ESPnet utterance id of a manifest entry (see the module docstring)."""
-    stem = os.path.splitext(relpath)[0]
-    if uid_style == "basename":
-        return os.path.basename(stem)
-    if uid_style == "relpath":
-        return stem.replace("\\", "/").strip("/").replace("/", "-")
-    raise UserError(f"--uid-style must be basename or relpath, got {uid_style!r}")
 
 
 def write_token_list(path: os.PathLike | str, n_clusters: int) -> Path:
@@ -60,34 +50,18 @@ def write_token_list(path: os.PathLike | str, n_clusters: int) -> Path:
 def export_split(tsv_dir: str, lab_dir: str, split: str, out_dir: Path, n_clusters: int,
                  uid_style: str = "basename", lab_name: str = "km") -> Path:
     """Write ``text``, ``wav.scp`` and ``utt2num_samples`` of one split; returns its folder."""
-    manifest = read_manifest(manifest_path(tsv_dir, split))
     lab_path = Path(lab_dir) / f"{split}.{lab_name}"
-    if not lab_path.is_file():
-        raise UserError(f"{lab_path} does not exist: run the labelling and merge steps first")
-    with open(lab_path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    if len(lines) != len(manifest):
-        raise UserError(f"{lab_path} has {len(lines)} lines but {manifest.path} lists "
-                        f"{len(manifest)} files: they were not made from the same manifest")
+    manifest, seqs = read_label_lines(manifest_path(tsv_dir, split), lab_path)
+    uids = manifest.unique_uids(uid_style, fix="use --uid-style relpath")
     rows: Dict[str, tuple] = {}
-    for i, (entry, line) in enumerate(zip(manifest.entries, lines), start=1):
-        uid = utterance_id(entry.relpath, uid_style)
+    for i, (entry, uid, labels) in enumerate(zip(manifest.entries, uids, seqs), start=1):
         if not uid or any(c.isspace() for c in uid):
             raise UserError(f"{manifest.path}:{entry.line}: utterance id {uid!r} is empty or has "
                             f"whitespace; rename the file")
-        if uid in rows:
-            raise UserError(
-                f"{manifest.path}:{entry.line}: utterance id {uid!r} is used twice (also line "
-                f"{rows[uid][0].line}); use --uid-style relpath")
-        toks = line.split()
-        try:
-            values = list(map(int, toks))
-        except ValueError:
-            values = [-1]
-        if values and (min(values) < 0 or max(values) >= n_clusters):
-            raise UserError(f"{lab_path}:{i}: labels must be integers in 0..{n_clusters - 1}, "
-                            f"got {line[:80]!r}")
-        rows[uid] = (entry, " ".join(toks))
+        line = " ".join(map(str, labels.tolist()))
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_clusters):
+            raise UserError(f"{lab_path}:{i}: labels must be integers in 0..{n_clusters - 1}, got {line[:80]!r}")
+        rows[uid] = (entry, line)
     order = sorted(rows, key=lambda u: u.encode("utf-8"))
     split_dir = out_dir / split
     with atomic_output(split_dir / "text") as f:

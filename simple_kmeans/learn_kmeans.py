@@ -51,10 +51,10 @@ from typing import Optional
 
 import numpy as np
 
-from fairseq_ext.kmeans import backends as backends
 from fairseq_ext.base.atomic import check_writable_dir
 from fairseq_ext.base.cli import run_cli
 from fairseq_ext.base.errors import UserError
+from fairseq_ext.kmeans import backends
 from fairseq_ext.kmeans.sample import materialize, open_shards
 
 logger = logging.getLogger("learn_kmeans")

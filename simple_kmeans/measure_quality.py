@@ -14,9 +14,11 @@ with the HuBERT paper:
 
 Phone references (``--phn_dir``; files ``{phn_dir}/{set}.tsv``, lines ``uid<TAB>p1,p2,...``, one
 phone per frame, stress digits removed) are matched by utterance id = file basename without
-extension. Each label sequence is padded with ``--pad_len`` copies of its first/last label and
-repeated ``--upsample`` times (use 2 for 50 Hz HuBERT labels against 100 Hz phones), then both
-sequences are cropped to the shorter one. With ``--ref_lab_dir/--ref_lab_name`` the reference is
+extension, so with references the basenames of all label sets must be unique (a repeated one is
+an error naming both manifest lines; the statistics below need no ids and use every line). Each
+label sequence is padded with ``--pad_len`` copies of its first/last label and repeated
+``--upsample`` times (use 2 for 50 Hz HuBERT labels against 100 Hz phones), then both sequences
+are cropped to the shorter one. With ``--ref_lab_dir/--ref_lab_name`` the reference is
 another label file instead of phones.
 
 Without references it still reports label statistics: clusters used out of K (K from
@@ -33,7 +35,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,18 +43,20 @@ from fairseq_ext.base.atomic import atomic_output
 from fairseq_ext.base.cli import run_cli
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.label_quality import label_statistics, pad_and_upsample, quality_metrics, read_phones
-from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.manifest import Manifest, read_manifest
 
 logger = logging.getLogger("measure_quality")
 
+UNIQUE_UID_FIX = ("utterances are matched by file basename, so basenames must be unique: rename the files, or "
+                  "measure the label sets with repeated names separately")
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_labels(tsv_path: os.PathLike | str, lab_path: os.PathLike | str, pad_len: int = 0,
-                upsample: int = 1, as_int: bool = True) -> Dict[str, np.ndarray]:
-    """``{uid: labels}`` for the lines of ``lab_path`` in the utterance order of manifest ``tsv_path``.
+def read_label_lines(tsv_path: os.PathLike | str, lab_path: os.PathLike | str,
+                     as_int: bool = True) -> Tuple[Manifest, List[np.ndarray]]:
+    """The manifest ``tsv_path`` and the labels of each line of ``lab_path`` (one per manifest entry).
 
     Labels are int64 arrays (``as_int``) or arrays of strings (any reference label file).
     """
@@ -60,20 +64,26 @@ def read_labels(tsv_path: os.PathLike | str, lab_path: os.PathLike | str, pad_le
     lab_path = Path(lab_path)
     if not lab_path.is_file():
         raise UserError(f"label file {lab_path} does not exist: run the labelling and merge steps")
-    out = {}
     with open(lab_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     if len(lines) != len(manifest):
         raise UserError(f"{lab_path} has {len(lines)} lines but {manifest.path} lists "
                         f"{len(manifest)} files: they were not made from the same manifest")
-    uids = [manifest.uid(e) for e in manifest.entries]
     if as_int:
-        seqs = _parse_int_lines(lab_path, lines)
-    else:
-        seqs = [np.array(line.split(), dtype=object) for line in lines]
-    for uid, labs in zip(uids, seqs):
-        out[uid] = pad_and_upsample(labs, pad_len, upsample)
-    return out
+        return manifest, _parse_int_lines(lab_path, lines)
+    return manifest, [np.array(line.split(), dtype=object) for line in lines]
+
+
+def read_labels(tsv_path: os.PathLike | str, lab_path: os.PathLike | str, pad_len: int = 0,
+                upsample: int = 1, as_int: bool = True) -> Dict[str, np.ndarray]:
+    """``{uid: labels}`` for the lines of ``lab_path`` in the utterance order of manifest ``tsv_path``.
+
+    Utterance ids are file basenames (fairseq's convention) and must be unique: a repeated one is a
+    :class:`UserError` naming both manifest lines, never a silently dropped utterance.
+    """
+    manifest, seqs = read_label_lines(tsv_path, lab_path, as_int)
+    uids = manifest.unique_uids(fix=UNIQUE_UID_FIX)
+    return {uid: pad_and_upsample(labs, pad_len, upsample) for uid, labs in zip(uids, seqs)}
 
 
 def _parse_int_lines(path: Path, lines: List[str]) -> List[np.ndarray]:
@@ -93,6 +103,14 @@ def _parse_int_lines(path: Path, lines: List[str]) -> List[np.ndarray]:
                 raise UserError(f"{path}:{i}: labels must be integers, got {line[:80]!r}") from None
         raise UserError(f"{path}: cannot parse the labels")
     return np.split(values, np.cumsum(counts)[:-1])
+
+
+def _check_disjoint(seen: Dict[str, np.ndarray], new: Dict[str, np.ndarray], tsv_path: Path) -> None:
+    """Refuse label sets that share an utterance id (one would silently replace the other)."""
+    common = sorted(set(seen).intersection(new))
+    if common:
+        raise UserError(f"{tsv_path}: utterance id {common[0]!r} (and {len(common) - 1} more) is also in an "
+                        f"earlier label set; {UNIQUE_UID_FIX}")
 
 
 def read_dict_size(path: os.PathLike | str) -> Optional[int]:
@@ -149,24 +167,26 @@ def main(tsv_dir: Optional[str], lab_dir: str, lab_name: str, lab_sets: Sequence
     tsv_dir = lab_dir if tsv_dir is None else tsv_dir
     if upsample < 1 or pad_len < 0:
         raise UserError("--upsample must be >= 1 and --pad_len >= 0")
-    raw = {}
+    every: Dict[str, np.ndarray] = {}  # all label lines (statistics need no utterance ids)
     for s in lab_sets:
-        raw.update(read_labels(Path(tsv_dir) / f"{s}.tsv", Path(lab_dir) / f"{s}.{lab_name}"))
-    hyps = {uid: pad_and_upsample(labs, pad_len, upsample) for uid, labs in raw.items()}
+        manifest, seqs = read_label_lines(Path(tsv_dir) / f"{s}.tsv", Path(lab_dir) / f"{s}.{lab_name}")
+        every.update((f"{manifest.path}:{e.line}", labs) for e, labs in zip(manifest.entries, seqs))
     if n_clusters is None:
         n_clusters = read_dict_size(Path(lab_dir) / f"dict.{lab_name}.txt")
     report: Dict[str, object] = {
         "labels": ", ".join(f"{lab_dir}/{s}.{lab_name}" for s in lab_sets),
         "reference": None,
-        "stats": label_statistics(raw, n_clusters),
+        "stats": label_statistics(every, n_clusters),
         "quality": None,
     }
     refs = None
     if ref_lab_dir and ref_lab_name:
         refs = {}
         for s in lab_sets:
-            refs.update(read_labels(Path(tsv_dir) / f"{s}.tsv", Path(ref_lab_dir) / f"{s}.{ref_lab_name}",
-                                    as_int=False))
+            labels = read_labels(Path(tsv_dir) / f"{s}.tsv", Path(ref_lab_dir) / f"{s}.{ref_lab_name}",
+                                 as_int=False)
+            _check_disjoint(refs, labels, Path(tsv_dir) / f"{s}.tsv")
+            refs.update(labels)
         report["reference"] = f"labels {ref_lab_dir}/*.{ref_lab_name}"
     elif phn_dir:
         refs = {}
@@ -174,6 +194,11 @@ def main(tsv_dir: Optional[str], lab_dir: str, lab_name: str, lab_sets: Sequence
             refs.update(read_phones(Path(phn_dir) / f"{s}.tsv"))
         report["reference"] = "phones " + ", ".join(f"{phn_dir}/{s}.tsv" for s in phn_sets)
     if refs is not None:
+        hyps: Dict[str, np.ndarray] = {}  # matched with the references by utterance id: ids must be unique
+        for s in lab_sets:
+            labels = read_labels(Path(tsv_dir) / f"{s}.tsv", Path(lab_dir) / f"{s}.{lab_name}", pad_len, upsample)
+            _check_disjoint(hyps, labels, Path(tsv_dir) / f"{s}.tsv")
+            hyps.update(labels)
         report["quality"] = quality_metrics(refs, hyps)
         if report["quality"]["utt miss"]:
             logger.warning("%d of %d reference utterances have no labels (not in %s)",

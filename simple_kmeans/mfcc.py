@@ -50,7 +50,10 @@ from __future__ import annotations
 
 import functools
 import math
+
 import numpy as np
+
+from fairseq_ext.base.frames import kaldi_frame_geometry, kaldi_num_frames
 
 DIM = 39
 NUM_CEPS = 13
@@ -60,21 +63,6 @@ DEFAULT_BLOCK_FRAMES = 256  # 256 x 512 float32 = 512 KB: stays in L2 cache (2x 
 _EPSILON = np.float32(np.finfo(np.float32).eps)
 
 
-def frame_geometry(sample_rate: int = 16000) -> tuple[int, int, int]:
-    """``(window_size, window_shift, fft_size)`` in samples for 25 ms / 10 ms Kaldi frames."""
-    window_size = int(sample_rate * 25.0 * 0.001)
-    window_shift = int(sample_rate * 10.0 * 0.001)
-    fft_size = 1 << (window_size - 1).bit_length()
-    return window_size, window_shift, fft_size
-
-
-def num_frames(n_samples: int, sample_rate: int = 16000) -> int:
-    """Frames Kaldi outputs with ``snip_edges``: ``1 + (n - 400) // 160`` at 16 kHz, 0 if too short."""
-    window_size, window_shift, _ = frame_geometry(sample_rate)
-    return 0 if n_samples < window_size else 1 + (n_samples - window_size) // window_shift
-
-
-@functools.lru_cache(maxsize=1)
 def _blas_controller():
     from threadpoolctl import ThreadpoolController
 
@@ -115,7 +103,7 @@ class MfccExtractor:
             raise ValueError(f"block_frames must be >= 1, got {block_frames}")
         self.sample_rate = int(sample_rate)
         self.block_frames = int(block_frames)
-        self.window_size, self.window_shift, self.fft_size = frame_geometry(self.sample_rate)
+        self.window_size, self.window_shift, self.fft_size = kaldi_frame_geometry(self.sample_rate)
 
         opts = knf.MfccOptions()
         opts.frame_opts.samp_freq = float(self.sample_rate)
@@ -134,7 +122,7 @@ class MfccExtractor:
         self.dct = _kaldi_dct_lifter(mel.shape[0], NUM_CEPS, CEPSTRAL_LIFTER)  # (num_mel_bins, 13)
 
     def num_frames(self, n_samples: int) -> int:
-        return num_frames(n_samples, self.sample_rate)
+        return kaldi_num_frames(n_samples, self.sample_rate)
 
     def _frames(self, wav: np.ndarray) -> np.ndarray:
         """Read-only strided view of the frames, ``(T, window_size)``."""

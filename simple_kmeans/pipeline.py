@@ -56,7 +56,7 @@ from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import read_manifest
 from fairseq_ext.base.shards import feat_paths, label_path
 from fairseq_ext.base.steps import (
-    Runner, Unit, digest, file_digest, file_fingerprint, folder_lock, quiet_loggers,
+    Runner, Unit, digest, file_digest, file_fingerprint, folder_lock, func_name, quiet_loggers,
 )
 
 logger = logging.getLogger("pipeline")
@@ -93,6 +93,22 @@ def _list_audio(root: Path, ext: str) -> List:
         st = os.stat(root / rel)
         out.append([rel, st.st_size, st.st_mtime_ns])
     return out
+
+
+def feature_signature(manifest_sig: str, func: str, feature_kwargs: Dict[str, object], extra: Dict[str, object],
+                      nshard: int) -> str:
+    """What the feature shards of a split are made from (their units' ``inputs["features"]``): the
+    manifest's content hash, the dumper's ``module:function``, its settings and NSHARD."""
+    return digest([manifest_sig, func, feature_kwargs, extra, nshard])
+
+
+def label_signature(feature_sig: str, kmeans_sig: str) -> str:
+    """What the labels of a split are made from: its features and the k-means unit's signature."""
+    return digest([feature_sig, kmeans_sig])
+
+
+SHARD_KWARGS = ("tsv_dir", "split", "nshard", "rank", "feat_dir")
+"""Arguments of a feature unit that name its shard; the others are the dumper's settings."""
 
 
 @dataclass
@@ -133,10 +149,12 @@ class LabelPipeline:
         self.data_dir = cfg.out / "kept_manifest" if cfg.skip_bad else self.man_dir
 
     def corpus(self) -> None:
+        from simple_kmeans import make_demo_corpus
+
         corpus = self.cfg.out / "corpus"
         kw = {"out_dir": str(corpus), "n_speakers": DEMO["n_speakers"],
               "utts_per_speaker": DEMO["utts_per_speaker"], "seed": DEMO["seed"]}
-        self.runner.run([Unit("corpus", "simple_kmeans.make_demo_corpus:main", kw,
+        self.runner.run([Unit("corpus", make_demo_corpus.main, kw,
                               [corpus / "phones.tsv", corpus / "speakers.tsv", corpus / "f0.tsv"])])
         self.cfg.audio_root = str(corpus / "wav")
         self.cfg.phones = self.cfg.phones or str(corpus / "phones.tsv")
@@ -144,6 +162,8 @@ class LabelPipeline:
             self.cfg.valid_percent = DEMO["valid_percent"]
 
     def manifest(self) -> None:
+        from simple_kmeans import manifest
+
         cfg = self.cfg
         if not cfg.tsv_dir:
             root = Path(cfg.audio_root).resolve()
@@ -154,7 +174,7 @@ class LabelPipeline:
                   "seed": cfg.seed, "sample_rate": cfg.sample_rate, "min_samples": cfg.min_samples,
                   "skip_bad": cfg.skip_bad}
             outputs = [self.man_dir / "train.tsv"] + ([self.man_dir / "valid.tsv"] if vp > 0 else [])
-            self.runner.run([Unit("manifest", "simple_kmeans.manifest:main", kw, outputs,
+            self.runner.run([Unit("manifest", manifest.main, kw, outputs,
                                   {"audio": digest(_list_audio(root, cfg.ext))})])
         self.splits = [s for s in ("train", "valid") if (self.man_dir / f"{s}.tsv").is_file()]
         if "train" not in self.splits:
@@ -173,9 +193,13 @@ class LabelPipeline:
     def features(self) -> None:
         cfg = self.cfg
         if cfg.feature == "mfcc":
-            func, fkw, extra = "simple_kmeans.dump_mfcc_feature:main", {"sample_rate": cfg.sample_rate}, {}
+            from simple_kmeans import dump_mfcc_feature
+
+            func, fkw, extra = dump_mfcc_feature.main, {"sample_rate": cfg.sample_rate}, {}
         else:
-            func = "simple_kmeans.dump_hubert_feature:main"
+            from simple_kmeans import dump_hubert_feature
+
+            func = dump_hubert_feature.main
             fkw = {"ckpt_path": str(Path(cfg.ckpt).resolve()), "layer": cfg.layer, "max_chunk": cfg.max_chunk}
             extra = {"ckpt": file_fingerprint(cfg.ckpt)}
         if cfg.skip_bad:
@@ -185,7 +209,8 @@ class LabelPipeline:
             report = [skipped_path(self.feat_dir, s, r, n)] if cfg.skip_bad else []
             return list(feat_paths(self.feat_dir, s, r, n)) + report
 
-        self.feat_sig = {s: digest([self.man_sig[s], func, fkw, extra, self.shards[s]]) for s in self.splits}
+        self.feat_sig = {s: feature_signature(self.man_sig[s], func_name(func), fkw, extra, self.shards[s])
+                         for s in self.splits}
         self.runner.run([
             Unit(f"features/{s}_{r}_{n}", func, {"tsv_dir": str(self.man_dir), "split": s, "nshard": n, "rank": r,
                                                  "feat_dir": str(self.feat_dir), **fkw},
@@ -193,27 +218,33 @@ class LabelPipeline:
             for s, r, n in self._shards()], parallel=self.parallel)
 
     def kmeans(self) -> None:
+        from simple_kmeans import learn_kmeans
+
         cfg = self.cfg
         kw = {"feat_dir": str(self.feat_dir), "split": "train", "nshard": self.shards["train"],
               "km_path": str(self.km_path), "n_clusters": cfg.n_clusters, "seed": cfg.seed,
               "percent": cfg.percent, "backend": cfg.backend}
-        unit = Unit("kmeans", "simple_kmeans.learn_kmeans:main", kw, [self.km_path],
+        unit = Unit("kmeans", learn_kmeans.main, kw, [self.km_path],
                     {"features": self.feat_sig["train"]})
         self.runner.run([unit])
-        self.lab_sig = {s: digest([self.feat_sig[s], unit.signature]) for s in self.splits}
+        self.lab_sig = {s: label_signature(self.feat_sig[s], unit.signature) for s in self.splits}
 
     def labels(self) -> None:
+        from simple_kmeans import dump_km_label
+
         self.runner.run([
-            Unit(f"labels/{s}_{r}_{n}", "simple_kmeans.dump_km_label:main",
+            Unit(f"labels/{s}_{r}_{n}", dump_km_label.main,
                  {"feat_dir": str(self.feat_dir), "split": s, "km_path": str(self.km_path), "nshard": n,
                   "rank": r, "lab_dir": str(self.lab_dir)},
                  [label_path(self.lab_dir, s, r, n)], {"labels": self.lab_sig[s]})
             for s, r, n in self._shards()], parallel=self.parallel)
 
     def merge(self) -> None:
+        from simple_kmeans import merge_labels
+
         kept = {"kept_manifest_dir": str(self.data_dir)} if self.cfg.skip_bad else {}
         self.runner.run([
-            Unit(f"merge/{s}", "simple_kmeans.merge_labels:main",
+            Unit(f"merge/{s}", merge_labels.main,
                  {"lab_dir": str(self.lab_dir), "split": s, "nshard": self.shards[s], "tsv_dir": str(self.man_dir),
                   "feat_dir": str(self.feat_dir), "n_clusters": self.cfg.n_clusters, **kept},
                  [self.lab_dir / f"{s}.km", self.lab_dir / "dict.km.txt"]
@@ -228,15 +259,17 @@ class LabelPipeline:
               "upsample": 100 // LABEL_RATE[cfg.feature], "n_clusters": cfg.n_clusters,
               "json_path": str(out / "quality.json"), "txt_path": str(out / "quality.txt")}
         inputs = {"labels": self.merged_sig, "phones": file_digest(cfg.phones) if cfg.phones else None}
-        self.runner.run([Unit("quality", "simple_kmeans.pipeline:_quality_step", kw,
+        self.runner.run([Unit("quality", _quality_step, kw,
                               [out / "quality.json", out / "quality.txt"], inputs)])
 
     def espnet(self) -> None:
+        from simple_kmeans import export_espnet
+
         esp = self.cfg.out / "espnet"
         kw = {"tsv_dir": str(self.data_dir), "lab_dir": str(self.lab_dir), "split": self.splits,
               "out_dir": str(esp), "n_clusters": self.cfg.n_clusters, "uid_style": self.cfg.uid_style}
         outputs = [esp / "tokens.txt"] + [esp / s / "text" for s in self.splits]
-        self.runner.run([Unit("espnet", "simple_kmeans.export_espnet:main", kw, outputs,
+        self.runner.run([Unit("espnet", export_espnet.main, kw, outputs,
                               {"labels": self.merged_sig})])
 
     def run(self) -> None:
@@ -309,6 +342,8 @@ def main(audio_root: Optional[str] = None, out_dir: Optional[str] = None, demo: 
         raise UserError(f"checkpoint {ckpt} does not exist")
     if nshard < 1 or n_clusters < 1:
         raise UserError("--nshard and --n-clusters must be >= 1")
+    if sample_rate < 1:
+        raise UserError(f"--sample-rate must be the audio's rate in Hz (features use it), got {sample_rate}")
     if phones and (not phones.endswith(".tsv") or not os.path.isfile(phones)):
         raise UserError(f"--phones {phones}: expected an existing .tsv file (uid<TAB>p1,p2,...)")
 

@@ -42,7 +42,7 @@ from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import manifest_path, read_manifest
 from fairseq_ext.base.shards import feat_paths, read_lengths
 from simple_kmeans.dump_pitch_feature import stats_path
-from simple_kmeans.speaker_labels import read_spk_file
+from fairseq_ext.base.speakers import read_spk_file
 
 logger = logging.getLogger("pitch_stats")
 

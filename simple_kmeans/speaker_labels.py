@@ -42,6 +42,7 @@ from fairseq_ext.base.atomic import atomic_output, check_writable_dir
 from fairseq_ext.base.cli import run_cli
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import Manifest, manifest_path, read_manifest
+from fairseq_ext.base.speakers import check_name, speakers_from_table
 
 logger = logging.getLogger("speaker_labels")
 
@@ -54,53 +55,7 @@ def spk_path(lab_dir: os.PathLike | str, split: str) -> Path:
     return Path(lab_dir) / f"{split}.spk"
 
 
-def check_name(name: str, where: str) -> str:
-    """Return ``name`` if it is a usable speaker name (non-empty, no white space)."""
-    if not name or any(c.isspace() for c in name):
-        raise UserError(f"{where}: speaker name {name!r} is empty or contains white space")
-    return name
-
-
 # --------------------------------------------------------------------------- sources
-
-
-def read_speaker_table(path: os.PathLike | str) -> Dict[str, str]:
-    """Read ``uid<TAB>speaker`` lines into ``{uid: speaker}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"speaker table {path} does not exist")
-    table: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise UserError(f"{path}:{i}: expected 'uid<TAB>speaker', got {line.rstrip()!r}")
-            uid, spk = parts
-            check_name(spk, f"{path}:{i}")
-            if table.get(uid, spk) != spk:
-                raise UserError(f"{path}:{i}: utterance {uid} is listed with two speakers, "
-                                f"{table[uid]} and {spk}")
-            table[uid] = spk
-    if not table:
-        raise UserError(f"speaker table {path} is empty")
-    return table
-
-
-def speakers_from_table(manifest: Manifest, table_path: os.PathLike | str) -> List[str]:
-    """Speaker of every manifest line, looked up by utterance id in a ``uid<TAB>speaker`` table."""
-    table = read_speaker_table(table_path)
-    out = []
-    for entry in manifest.entries:
-        uid = manifest.uid(entry)
-        if uid not in table:
-            raise UserError(
-                f"{manifest.path}:{entry.line}: utterance {uid} ({entry.relpath}) has no speaker in "
-                f"{table_path}; add a line '{uid}<TAB>speaker'"
-            )
-        out.append(table[uid])
-    return out
 
 
 def speaker_from_path(relpath: str, spec: str, where: str = "") -> str:
@@ -136,16 +91,6 @@ def speakers_from_path(manifest: Manifest, spec: str) -> List[str]:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def read_spk_file(path: os.PathLike | str) -> List[str]:
-    """Speaker names of a ``{split}.spk`` file, one per manifest line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"speaker file {path} does not exist: create it with speaker_labels.py")
-    with open(path, encoding="utf-8") as f:
-        names = f.read().splitlines()
-    return [check_name(name.strip(), f"{path}:{i}") for i, name in enumerate(names, start=1)]
 
 
 def dict_path(path_or_dir: os.PathLike | str) -> Path:

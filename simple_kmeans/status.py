@@ -18,11 +18,13 @@ States (one line per shard, on stdout):
   stale       complete but out of date: the manifest is newer than the feature shard, or the
               shard holds another number of utterances than its part of the manifest (minus the
               files a --skip-bad run left out); features or the k-means model newer than the
-              labels, or labels that do not match their features frame for frame; in a pipeline
-              folder also a missing stamp, an output changed after its stamp, or a stamp made
-              from other features / another k-means model than the current ones
-Staleness uses modification times: copying outputs without keeping times (cp without -p) can
-make them look stale; rerun the step or touch the outputs.
+              labels, or labels that do not match their features frame for frame
+For a pipeline folder, the pipeline's stamps (OUT_DIR/.stamps) decide instead of modification
+times, as fairseq-ext-labels itself does: a unit is stale when it has no stamp or its stamp was
+made from other inputs than the current ones (another manifest content, other features, another
+k-means model); the content checks above (counts, frames) still apply. Elsewhere staleness uses
+modification times: copying outputs without keeping times (cp without -p) can make them look
+stale; rerun the step or touch the outputs.
 
 --todo prints only the ranks that are not complete, comma-separated, to resubmit them:
   sbatch --array=$(fairseq-ext-status features man/ train 16 feat/ --todo) scripts/slurm_array.sh ...
@@ -51,6 +53,7 @@ from fairseq_ext.base.cli import run_cli
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import Manifest, manifest_path, read_manifest
 from fairseq_ext.base.shards import feat_paths, label_path, read_lengths, shard_stem
+from fairseq_ext.base.steps import file_digest, file_fingerprint, read_stamp
 
 logger = logging.getLogger("status")
 
@@ -93,8 +96,9 @@ def _absent(st: ShardStatus, outputs: Iterable[Path]) -> ShardStatus:
 
 
 def feature_shard(manifest: Optional[Manifest], feat_dir: os.PathLike | str, split: str, rank: int,
-                  nshard: int) -> ShardStatus:
-    """State of feature shard ``rank``/``nshard`` (checked against ``manifest`` when given)."""
+                  nshard: int, use_mtimes: bool = True) -> ShardStatus:
+    """State of feature shard ``rank``/``nshard`` (checked against ``manifest`` when given; with
+    ``use_mtimes``, a manifest newer than the shard makes it stale)."""
     st = ShardStatus("features", split, rank, nshard, "complete")
     npy, lenp = feat_paths(feat_dir, split, rank, nshard)
     stem = shard_stem(feat_dir, split, rank, nshard)
@@ -116,7 +120,7 @@ def feature_shard(manifest: Optional[Manifest], feat_dir: os.PathLike | str, spl
                                      f"to {int(lengths.sum())} frames; rerun the shard")
     n_skipped = len(read_skipped_lines(skipped_path(feat_dir, split, rank, nshard)))
     if manifest is not None:
-        if _mtime(manifest.path) > _mtime(lenp):
+        if use_mtimes and _mtime(manifest.path) > _mtime(lenp):
             return st.mark("stale", f"{manifest.path} is newer than {lenp.name}; rerun the shard")
         try:
             expected = len(kept_entries(manifest, nshard, rank, feat_dir, split))
@@ -131,8 +135,9 @@ def feature_shard(manifest: Optional[Manifest], feat_dir: os.PathLike | str, spl
 
 
 def label_shard(feat_dir: os.PathLike | str, lab_dir: os.PathLike | str, split: str, rank: int, nshard: int,
-                km_path: Optional[os.PathLike | str] = None) -> ShardStatus:
-    """State of label shard ``rank``/``nshard``, checked against its feature shard (and k-means model)."""
+                km_path: Optional[os.PathLike | str] = None, use_mtimes: bool = True) -> ShardStatus:
+    """State of label shard ``rank``/``nshard``, checked against its feature shard (and, with
+    ``use_mtimes``, stale when the features or the k-means model are newer)."""
     st = ShardStatus("labels", split, rank, nshard, "complete")
     km = label_path(lab_dir, split, rank, nshard)
     if not km.is_file():
@@ -140,9 +145,9 @@ def label_shard(feat_dir: os.PathLike | str, lab_dir: os.PathLike | str, split: 
     npy, lenp = feat_paths(feat_dir, split, rank, nshard)
     if not (npy.is_file() and lenp.is_file()):
         return st.mark("stale", f"its feature shard {lenp.with_suffix('')} is not complete")
-    if max(_mtime(npy), _mtime(lenp)) > _mtime(km):
+    if use_mtimes and max(_mtime(npy), _mtime(lenp)) > _mtime(km):
         return st.mark("stale", f"the feature shard is newer than {km.name}; rerun dump_km_label")
-    if km_path is not None and Path(km_path).is_file() and _mtime(km_path) > _mtime(km):
+    if use_mtimes and km_path is not None and Path(km_path).is_file() and _mtime(km_path) > _mtime(km):
         return st.mark("stale", f"{km_path} is newer than {km.name}; rerun dump_km_label")
     try:
         lengths = read_lengths(lenp)
@@ -178,14 +183,12 @@ def label_status(feat_dir: str, split: str, nshard: int, lab_dir: str,
 
 
 def _read_stamps(stamp_dir: Path) -> Dict[str, dict]:
+    """The pipeline's stamps by unit name (``features/train_0_4``, ``kmeans``, ...)."""
     stamps = {}
     for path in sorted(stamp_dir.glob("*.json")) if stamp_dir.is_dir() else []:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        data["_mtime"] = _mtime(path)
-        stamps[path.stem.replace("__", "/")] = data
+        data = read_stamp(path)
+        if data is not None:
+            stamps[path.stem.replace("__", "/")] = data
     return stamps
 
 
@@ -199,26 +202,40 @@ def _infer_nshard(stamps: Dict[str, dict], feat_dir: Path, split: str) -> Option
     return max(set(found), key=found.count) if found else None
 
 
-def _check_stamp(st: ShardStatus, stamps: Dict[str, dict], outputs: Sequence[Path],
-                 expected_inputs: Optional[dict] = None) -> ShardStatus:
-    """Turn a complete unit stale when the pipeline's stamp is missing, older than an output, or mismatched."""
+def _expected_features(stamp: Optional[dict], manifest: Manifest, nshard: int) -> Optional[dict]:
+    """The ``inputs`` a feature unit's stamp must hold for the manifest's current content (None when
+    the stamp does not say which dumper made it: stamps written before they named it)."""
+    from simple_kmeans.pipeline import SHARD_KWARGS, feature_signature
+
+    if not stamp or "func" not in stamp:
+        return None
+    settings = {k: v for k, v in stamp.get("kwargs", {}).items() if k not in SHARD_KWARGS}
+    extra = {}
+    if "ckpt_path" in settings:  # HuBERT features: the checkpoint file as it is now
+        if not Path(settings["ckpt_path"]).is_file():
+            return {"features": None}
+        extra = {"ckpt": file_fingerprint(settings["ckpt_path"])}
+    return {"features": feature_signature(file_digest(manifest.path), stamp["func"], settings, extra, nshard)}
+
+
+def _check_stamp(st: ShardStatus, stamps: Dict[str, dict], expected_inputs: Optional[dict] = None,
+                 what: str = "other features or another k-means model") -> ShardStatus:
+    """Turn a complete unit stale when the pipeline's stamp is missing or made from other inputs."""
     if st.state != "complete":
         return st
     stamp = stamps.get(st.unit)
     if stamp is None:
         return st.mark("stale", "no pipeline stamp (an interrupted pipeline run, or written by hand): "
                                 "fairseq-ext-labels will redo it")
-    if any(p.is_file() and _mtime(p) > stamp["_mtime"] for p in outputs):
-        return st.mark("stale", "an output changed after the pipeline stamped it")
     if expected_inputs is not None and stamp.get("inputs") != expected_inputs:
-        return st.mark("stale", "its stamp was made from other inputs than the current ones "
-                                "(other features or another k-means model)")
+        return st.mark("stale", f"its stamp was made from other inputs than the current ones ({what})")
     return st
 
 
 def pipeline_status(out_dir: str, nshard: Optional[int] = None) -> List[ShardStatus]:
-    """States of every unit of a ``fairseq-ext-labels`` output folder (features, kmeans, labels, merge)."""
-    from fairseq_ext.base.steps import digest
+    """States of every unit of a ``fairseq-ext-labels`` output folder (features, kmeans, labels, merge),
+    decided by the pipeline's stamps and the outputs' contents, not by modification times."""
+    from simple_kmeans.pipeline import label_signature
 
     out = Path(out_dir)
     stamps = _read_stamps(out / ".stamps")
@@ -238,41 +255,34 @@ def pipeline_status(out_dir: str, nshard: Optional[int] = None) -> List[ShardSta
         n = _infer_nshard(stamps, feat_dir, split) or min(nshard or 4, len(manifest))
         sigs = []
         for r in range(n):
-            st = feature_shard(manifest, feat_dir, split, r, n)
-            stamp = stamps.get(st.unit, {})
-            sigs.append(stamp.get("inputs", {}).get("features"))
-            rows.append(_check_stamp(st, stamps, feat_paths(feat_dir, split, r, n)))
+            st = feature_shard(manifest, feat_dir, split, r, n, use_mtimes=False)
+            stamp = stamps.get(st.unit)
+            expected = _expected_features(stamp, manifest, n)
+            sigs.append((expected or (stamp or {}).get("inputs") or {}).get("features"))
+            rows.append(_check_stamp(st, stamps, expected, "another manifest or other feature settings"))
         feat_sig[split] = sigs[0] if sigs and len(set(sigs)) == 1 else None
         label_sig[split] = []
         for r in range(n):
-            st = label_shard(feat_dir, lab_dir, split, r, n, km_path)
+            st = label_shard(feat_dir, lab_dir, split, r, n, km_path, use_mtimes=False)
             expected = None
-            feat_stamp = stamps.get(f"features/{split}_{r}_{n}")
-            if feat_stamp and km_stamp:
-                expected = {"labels": digest([feat_stamp.get("inputs", {}).get("features"), km_stamp.get("signature")])}
-            label_sig[split].append((stamps.get(st.unit) or {}).get("inputs", {}).get("labels"))
-            rows.append(_check_stamp(st, stamps, [label_path(lab_dir, split, r, n)], expected))
+            if sigs[r] and km_stamp:
+                expected = {"labels": label_signature(sigs[r], km_stamp.get("signature"))}
+            label_sig[split].append((expected or (stamps.get(st.unit) or {}).get("inputs") or {}).get("labels"))
+            rows.append(_check_stamp(st, stamps, expected))
     # k-means: one unit, on the train features
     st = ShardStatus("kmeans", "", None, None, "complete", str(km_path))
-    train_feats = [feat_paths(feat_dir, "train", r.rank, r.nshard) for r in rows
-                   if r.step == "features" and r.split == "train"]
     if not km_path.is_file():
         _absent(st, [km_path])
-    elif any(p.is_file() and _mtime(p) > _mtime(km_path) for pair in train_feats for p in pair):
-        st.mark("stale", "train features are newer than the k-means model")
-    rows.append(_check_stamp(st, stamps, [km_path],
-                             {"features": feat_sig["train"]} if feat_sig.get("train") else None))
+    rows.append(_check_stamp(st, stamps, {"features": feat_sig["train"]} if feat_sig.get("train") else None,
+                             "other train features"))
     for split in splits:
         merged = lab_dir / f"{split}.km"
         st = ShardStatus("merge", split, None, None, "complete", str(merged))
-        shards = [label_path(lab_dir, split, r.rank, r.nshard) for r in rows if r.step == "labels" and r.split == split]
         if not merged.is_file():
             _absent(st, [merged])
-        elif any(p.is_file() and _mtime(p) > _mtime(merged) for p in shards):
-            st.mark("stale", "label shards are newer than the merged labels")
         sigs = label_sig[split]
         expected = {"labels": sigs[0]} if sigs and sigs[0] and len(set(sigs)) == 1 else None
-        rows.append(_check_stamp(st, stamps, [merged, lab_dir / "dict.km.txt"], expected))
+        rows.append(_check_stamp(st, stamps, expected, "other label shards"))
     return rows
 
 

@@ -1,9 +1,9 @@
-"""scripts/demo_pretrain.py (label-pipeline demo folder -> speakers, pitch, dhubert_tiny, probe) and a
-toy-size run of scripts/dhubert_experiment.py, which builds on its helpers."""
+"""The demo's pre-training (simple_kmeans.recipes.demo: label-pipeline demo folder -> speakers, pitch,
+dhubert_tiny, probe; scripts/demo_pretrain.py is its command line) and a toy-size run of the dhubert
+experiment (simple_kmeans.recipes.dhubert_experiment), which shares its steps."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -14,13 +14,13 @@ import pytest
 
 from conftest import REPO
 from fairseq_ext.base.errors import UserError
+from fairseq_ext.train_run import checkpoint_updates
+from simple_kmeans.recipes import demo as dp
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("demo_pretrain_under_test", REPO / "scripts" / "demo_pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def training_sessions(log: Path) -> int:
+    """Training sessions in a run's train.log: one ``# TIME COMMAND`` header line each."""
+    return sum(line.startswith("# ") for line in log.read_text().splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,9 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def test_main_job_trains_probes_and_skips_on_rerun(demo_dir, capsys):
-    dp = load_script()
     result = dp.main(str(demo_dir), max_update=6)
     printed = capsys.readouterr().out
-    assert result["updates"] == 6 and dp.checkpoint_updates(result["ckpt"]) == 6
+    assert result["updates"] == 6 and checkpoint_updates(result["ckpt"]) == 6
     valid = result["valid"]
     assert int(valid["valid_num_updates"]) == 6 and math.isfinite(float(valid["valid_loss"]))
     assert 0.0 <= float(valid["valid_spk_acc"]) <= 1.0
@@ -51,7 +50,7 @@ def test_main_job_trains_probes_and_skips_on_rerun(demo_dir, capsys):
     assert (out / "speakers" / "dict.spk.txt").read_text().split()[::2] == ["spk00", "spk01", "spk02", "spk03"]
     assert (out / "pitch" / "train.pitch_stats.json").is_file() and (out / "probe.json").is_file()
     log = out / "run" / "train.log"
-    assert log.read_text().count("\n# ") == 1
+    assert training_sessions(log) == 1
 
     # the command line, rerun: every step is skipped, the report is printed again
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -62,11 +61,10 @@ def test_main_job_trains_probes_and_skips_on_rerun(demo_dir, capsys):
         assert f"skipping {step}: already done" in proc.stderr
     assert "skipping train:" in proc.stderr and "holds 6 updates" in proc.stderr
     assert "[already trained]" in proc.stdout and "PNMI" in proc.stdout
-    assert log.read_text().count("\n# ") == 1  # no second training
+    assert training_sessions(log) == 1  # no second training
 
 
 def test_clear_errors(demo_dir, tmp_path):
-    dp = load_script()
     with pytest.raises(UserError, match=r"not a finished label-pipeline demo .*simple_kmeans\.pipeline --demo"):
         dp.main(str(tmp_path / "nothing"), max_update=2)
     with pytest.raises(UserError, match="--max-update must be >= 1"):
@@ -99,11 +97,9 @@ def test_clear_errors(demo_dir, tmp_path):
 
 
 def test_experiment_script_smoke(tmp_path):
-    """scripts/dhubert_experiment.py end to end at toy size: both variants trained with the same settings."""
-    spec = importlib.util.spec_from_file_location("dhubert_experiment_under_test",
-                                                  REPO / "scripts" / "dhubert_experiment.py")
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
+    """The dhubert experiment end to end at toy size: both variants trained with the same settings."""
+    from simple_kmeans.recipes import dhubert_experiment as exp
+
     out = exp.main(str(tmp_path / "x"), max_update=3, n_speakers=3, utts_per_speaker=6, heldout_per_speaker=3,
                    n_clusters=8, json_path=str(tmp_path / "r.json"))
     results = out["results"]
@@ -118,4 +114,33 @@ def test_experiment_script_smoke(tmp_path):
             assert 0 <= row["spk_acc"] <= 1 and 0 <= row["pnmi"] <= 1 and row["pitch_rmse"] > 0
     assert "valid_spk_acc" in dh["valid"] and "valid_spk_acc" not in plain["valid"]
     assert (tmp_path / "x" / "manifest" / "valid.tsv").read_text().count("\n") == 1 + 3 * 3
+    # the labels come from the label pipeline (its folder, stamps and quality report)
+    labels = tmp_path / "x" / "labels"
+    assert (labels / ".stamps" / "kmeans.json").is_file() and (labels / "quality.json").is_file()
+    assert len((labels / "labels" / "dict.km.txt").read_text().splitlines()) == 8
     assert "| plain" in out["report"] and "| dhubert" in out["report"] and (tmp_path / "r.json").is_file()
+
+
+def test_parse_log_reads_fairseq_json_records():
+    from fairseq_ext.train_run import TrainResult, parse_log
+
+    text = ("# 2026-01-01 00:00:00 fairseq-hydra-train ...\n"
+            '[2026-01-01 00:00:01,000][train_inner][INFO] - {"epoch": 1, "update": 0.5, "loss": "9.1"}\n'
+            "[2026-01-01 00:00:02,000][fairseq.trainer][INFO] - begin training epoch 2\n"
+            '[2026-01-01 00:00:03,000][valid][INFO] - {"epoch": 1, "valid_loss": "8.5", "valid_num_updates": "2"}\n'
+            '[2026-01-01 00:00:04,000][valid][INFO] - {"epoch": 2, "valid_loss": "8.0", "valid_num_updates": "4"}\n')
+    records = parse_log(text)
+    assert [r["kind"] for r in records] == ["train_inner", "valid", "valid"]
+    run = TrainResult(ckpt=Path("x.pt"), updates=4, records=records)
+    assert run.last("valid")["valid_loss"] == "8.0" and run.last("train") is None
+
+
+@pytest.mark.parametrize("name", ["demo_pretrain", "dhubert_experiment", "kws_sweep", "speaker_experiment"])
+def test_recipe_scripts_are_thin_entry_points(name):
+    """Each script is argparse + a call into simple_kmeans.recipes: short, documented, runnable."""
+    path = REPO / "scripts" / f"{name}.py"
+    text = path.read_text()
+    assert len(text.splitlines()) <= 120 and text.split('"""', 2)[1].startswith("Usage:")
+    assert "from simple_kmeans.recipes import" in text
+    out = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and "Usage:" in out.stdout, out.stderr[-2000:]

@@ -42,7 +42,7 @@ def hydra_train(cwd: Path, data: str, overrides: List[str]) -> List[Dict]:
         "--config-dir", str(REPO / "config" / "pretrain"), "--config-name", "dhubert_tiny", f"+data={data}",
         f"common.user_dir={REPO / 'fairseq_ext'}", "common.cpu=true", "common.fp16=false",
         "dataset.num_workers=0", "dataset.required_batch_size_multiple=1", "optimization.max_update=4",
-        "model.grl_warmup_updates=2", *overrides,
+        "model.adv_warmup_updates=2", *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -79,7 +79,7 @@ def iteration1(demo_corpus, tmp_path_factory) -> Dict[str, Path]:
 
 def test_iteration2_trains_on_50hz_labels_of_the_dhubert_checkpoint(iteration1, tmp_path):
     from simple_kmeans import dump_hubert_feature
-    from simple_kmeans.dump_pitch_feature import num_frames
+    from fairseq_ext.base.frames import frames_at_rate as num_frames
     from fairseq_ext.base.manifest import read_manifest
 
     man, feat, lab2 = iteration1["manifest"], tmp_path / "feat", tmp_path / "labels"

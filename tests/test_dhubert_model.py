@@ -14,8 +14,8 @@ fairseq_ext.register()  # tasks, models, criteria; allow-lists pickled classes
 from fairseq_ext.criteria.dhubert import DHubertCriterion
 from fairseq_ext.criteria.hubert_summable import HubertSummableCriterion
 from fairseq_ext.models.dhubert import DHubertConfig, DHubertModel
-from fairseq_ext.modules.grl import GradientReversal, grl_lambda, reverse_grad
-from fairseq_ext.modules.pooling import AttentivePooling, MeanPooling
+from fairseq_ext.modules.grl import GradientReversal, reverse_grad, scheduled_weight
+from fairseq_ext.modules.pooling import POOLING_CHOICES, MeanPooling, build_pooling
 from fairseq_ext.modules.running_standardize import RunningStandardize
 from fairseq_ext.modules.speaker_memory import SpeakerMemory
 from test_dhubert_data import make_task, position_corpus
@@ -25,7 +25,10 @@ TINY = dict(label_rate=100.0, max_update=100, encoder_layers=3, encoder_embed_di
             conv_feature_layers="[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2", dropout=0.0,
             attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0,
             dropout_features=0.0, head_dropout=0.0, spk_hidden_dim=16, pitch_hidden_dim=16, mask_length=3,
-            spk_layer=1, pitch_layer=2, grl_schedule="constant", grl_lambda_max=0.5, mask_seed=1)
+            spk_layer=1, pitch_layer=2, adv_schedule="constant", adv_weight=0.5, mask_seed=1,
+            # the utterance-level gradient-reversal adversary without conditioning (the defaults are
+            # the frame-level confusion adversary with conditioning: tested in test_speaker_*.py)
+            spk_unit="utterance", spk_adversary="reverse", spk_condition=False, spk_memory_size=256)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,10 @@ def task_and_batch(tmp_path_factory):
 
 @pytest.fixture
 def fixed_masks(monkeypatch):
-    """Deterministic HuBERT masks (fairseq draws them from an unseeded generator): every 3rd frame."""
+    """Deterministic HuBERT masks: every 3rd frame (seeded masks and fairseq's unseeded ones)."""
     import fairseq.models.hubert.hubert as hubert
+
+    from fairseq_ext.modules import seeded_masks
 
     def masks(shape, padding_mask, *args, **kwargs):
         m = np.zeros(shape, dtype=bool)
@@ -52,6 +57,7 @@ def fixed_masks(monkeypatch):
         return m
 
     monkeypatch.setattr(hubert, "compute_mask_indices", masks)
+    monkeypatch.setattr(seeded_masks, "compute_mask_indices", masks)
 
 
 def build(task, **kw) -> DHubertModel:
@@ -66,7 +72,7 @@ def test_shapes_and_hubert_compatible_outputs(task_and_batch):
     B, T = out["padding_mask"].shape
     assert out["spk_logits"].shape == (B, len(task.speakers))
     assert out["pitch_pred"].shape == (B, T, 2)
-    assert out["grl_lambda"] == pytest.approx(0.5)
+    assert out["adv_weight"] == pytest.approx(0.5)
     assert out["logit_m_list"][0].dim() == 2 and torch.isfinite(out["features_pen"])
     feats, pad = model.extract_features(batch["net_input"]["source"], batch["net_input"]["padding_mask"],
                                         mask=False, output_layer=2)
@@ -84,9 +90,8 @@ def test_heads_read_their_layer_in_one_encoder_pass(task_and_batch):
     for layer in model.encoder.layers:
         layer.register_forward_hook(lambda m, a, o: calls.append(m))
     with torch.no_grad():
-        out = model(target_list=batch["target_list"], **batch["net_input"])
+        model(target_list=batch["target_list"], **batch["net_input"])
         assert len(calls) == len(model.encoder.layers)
-        T = out["padding_mask"].size(1)
         (x,), kw = seen["enc_in"]
         for name, layer in (("spk", 1), ("pitch", 2)):
             ref, _ = model.encoder(x, padding_mask=kw["padding_mask"], layer=layer - 1)
@@ -95,22 +100,38 @@ def test_heads_read_their_layer_in_one_encoder_pass(task_and_batch):
     assert not torch.allclose(seen["spk"], seen["pitch"])
 
 
-@pytest.mark.parametrize("kept", [[True, False, True], [True, False, False]])
-def test_layerdrop_uses_state_after_dropped_layer(task_and_batch, monkeypatch, kept):
-    """If LayerDrop skips the tapped layer, the head gets the next layer's input (or the encoder output)."""
+def seed_for_layers(kept, layerdrop):
+    """A NumPy seed whose next len(kept) draws keep exactly the layers marked True (fairseq keeps a
+    layer when np.random.random() > layerdrop)."""
+    for seed in range(10_000):
+        draws = np.random.RandomState(seed).random_sample(len(kept))
+        if [bool(d > layerdrop) for d in draws] == list(kept):
+            return seed
+    raise AssertionError(kept)
+
+
+@pytest.mark.parametrize("kept", [[True, False, True], [True, False, False], [False, True, True],
+                                  [False, False, True]])
+def test_layerdrop_uses_state_after_dropped_layer(task_and_batch, kept):
+    """If LayerDrop skips the head's layer, the head gets the output of the last earlier layer that
+    ran (the next layer's input), and if none ran, the encoder output."""
     task, batch = task_and_batch
     model = build(task, spk_layer=2).train()
     model.encoder.layerdrop = 0.5
-    draws = iter([0.9 if k else 0.1 for k in kept])  # np.random.random() > layerdrop keeps a layer
-    monkeypatch.setattr(np.random, "random", lambda: next(draws))
-    seen = {}
+    seen, inputs = {}, {}
     model.spk_head.pool.register_forward_hook(lambda m, a, o: seen.__setitem__("spk", a[0]))
-    model.encoder.layers[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("in2", a[0]))
+    for i, layer in enumerate(model.encoder.layers):
+        layer.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
     model.encoder.register_forward_hook(lambda m, a, o: seen.__setitem__("out", o[0]))
+    np.random.seed(seed_for_layers(kept, 0.5))
     with torch.no_grad():
         model(target_list=batch["target_list"], **batch["net_input"])
+    assert sorted(inputs) == [i for i, k in enumerate(kept) if k]  # the draws were replayed right
     T = seen["spk"].size(1)
-    expected = seen["in2"].transpose(0, 1)[:, :T] if kept[2] else seen["out"][:, :T]
+    if kept[0] or kept[1]:  # the last of layers 0..1 that ran feeds layer 2 (or is the encoder output)
+        expected = inputs[2].transpose(0, 1)[:, :T] if kept[2] else seen["out"][:, :T]
+    else:  # neither ran: the encoder output
+        expected = seen["out"][:, :T]
     assert torch.equal(seen["spk"], expected)
 
 
@@ -120,7 +141,7 @@ def test_grl_reverses_and_scales_encoder_gradient(task_and_batch, fixed_masks, h
     task, batch = task_and_batch
     grads = {}
     for variant in ("grl", "identity"):
-        model = build(task, pitch_mode="adversarial", grl_lambda_max=0.3).eval()
+        model = build(task, pitch_mode="adversarial", adv_weight=0.3).eval()
         if variant == "identity":
             model.grl = nn.Identity()
         out = model(target_list=batch["target_list"], **batch["net_input"])
@@ -164,8 +185,8 @@ def test_speaker_adversary_pools_over_chosen_frames(task_and_batch, fixed_masks,
     handle.remove()
     same = torch.allclose(out2["spk_logits"], out["spk_logits"], atol=1e-5)
     assert same == (frames == "unmasked")
-    assert model.speaker_frames(pad).shape == pad.shape  # no mask recorded outside forward: padding only
-    assert torch.equal(model.speaker_frames(pad), pad)
+    assert torch.equal(model.speaker_frames(pad, None), pad)  # no mask: padding only
+    assert torch.equal(model.speaker_frames(pad, masked), expected)
 
 
 def test_auxiliary_pitch_is_not_reversed(task_and_batch, fixed_masks):
@@ -175,7 +196,7 @@ def test_auxiliary_pitch_is_not_reversed(task_and_batch, fixed_masks):
     assert torch.allclose(x.grad, torch.full_like(x, -0.7))
     grads = []
     for variant in ("grl", "identity"):
-        model = build(task, pitch_mode="auxiliary", spk_layer=0, grl_lambda_max=0.7).eval()
+        model = build(task, pitch_mode="auxiliary", spk_layer=0, adv_weight=0.7).eval()
         if variant == "identity":
             model.grl = nn.Identity()
         out = model(target_list=batch["target_list"], **batch["net_input"])
@@ -186,39 +207,41 @@ def test_auxiliary_pitch_is_not_reversed(task_and_batch, fixed_masks):
 
 
 def test_lambda_schedules():
-    assert grl_lambda("constant", 0, 0.7, 100) == 0.7
-    assert grl_lambda("dann", 0, 1.0, 100) == 0.0
-    assert grl_lambda("dann", 50, 1.0, 100) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
-    assert grl_lambda("dann", 10_000, 2.0, 100) == pytest.approx(2 * (2 / (1 + math.exp(-10)) - 1))
-    assert grl_lambda("linear", 25, 2.0, 100) == pytest.approx(0.5)
-    assert grl_lambda("linear", 500, 2.0, 100) == pytest.approx(2.0)
-    values = [grl_lambda("dann", u, 1.0, 100) for u in range(0, 120, 10)]
+    assert scheduled_weight("constant", 0, 0.7, 100) == 0.7
+    assert scheduled_weight("dann", 0, 1.0, 100) == 0.0
+    assert scheduled_weight("dann", 50, 1.0, 100) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert scheduled_weight("dann", 10_000, 2.0, 100) == pytest.approx(2 * (2 / (1 + math.exp(-10)) - 1))
+    assert scheduled_weight("linear", 25, 2.0, 100) == pytest.approx(0.5)
+    assert scheduled_weight("linear", 500, 2.0, 100) == pytest.approx(2.0)
+    values = [scheduled_weight("dann", u, 1.0, 100) for u in range(0, 120, 10)]
     assert values == sorted(values)
     with pytest.raises(ValueError, match="positive ramp"):
-        grl_lambda("linear", 1, 1.0, 0)
-    with pytest.raises(ValueError, match="unknown GRL schedule"):
-        grl_lambda("cosine", 1, 1.0, 10)
+        scheduled_weight("linear", 1, 1.0, 0)
+    with pytest.raises(ValueError, match="unknown adversary schedule"):
+        scheduled_weight("cosine", 1, 1.0, 10)
     assert "lambda_=0.5" in repr(GradientReversal(0.5))
 
 
 def test_model_schedule_follows_num_updates(task_and_batch):
     task, batch = task_and_batch
-    model = build(task, grl_schedule="linear", grl_lambda_max=1.0, grl_warmup_updates=0, max_update=40)
+    model = build(task, adv_schedule="linear", adv_weight=1.0, adv_warmup_updates=0, max_update=40)
     model.set_num_updates(10)  # horizon = max_update
     assert model.grl.lambda_ == pytest.approx(0.25)
-    model = build(task, grl_schedule="dann", grl_warmup_updates=20)
+    model = build(task, adv_schedule="dann", adv_warmup_updates=20)
     model.set_num_updates(10)
     out = model(target_list=batch["target_list"], **batch["net_input"])
-    assert out["grl_lambda"] == pytest.approx(0.5 * (2 / (1 + math.exp(-5)) - 1))
-    with pytest.raises(ValueError, match="grl_warmup_updates"):
-        build(task, grl_schedule="dann", max_update=0)
+    assert out["adv_weight"] == pytest.approx(0.5 * (2 / (1 + math.exp(-5)) - 1))
+    with pytest.raises(ValueError, match="adv_warmup_updates"):
+        build(task, adv_schedule="dann", max_update=0)
     with pytest.raises(ValueError, match="spk_layer=4 must be in"):
         build(task, spk_layer=4)
 
 
-@pytest.mark.parametrize("pool", [MeanPooling(6), AttentivePooling(6, 8)])
-def test_masked_pooling_batched_equals_single(pool):
+@pytest.mark.parametrize("name", POOLING_CHOICES)
+def test_masked_pooling_batched_equals_single(name):
+    """Every spk_pooling choice ignores padded frames."""
     torch.manual_seed(0)
+    pool = build_pooling(name, 6, 8).eval()
     lengths = [7, 3, 10, 1]
     seqs = [torch.randn(n, 6) for n in lengths]
     x = torch.full((4, 10, 6), 123.0)  # garbage in padded frames must not matter
@@ -336,8 +359,9 @@ def test_speaker_memory_is_a_fifo():
 
 
 def test_speaker_memory_trains_the_classifier_only(task_and_batch, fixed_masks):
-    """In training, the criterion stores the batch's embeddings; the next forward classifies them
-    again: their loss reaches the speaker MLP but not the encoder (or the pooling below it)."""
+    """In training, a forward given the speaker ids (as the criterion passes them) stores the
+    batch's embeddings; the next forward classifies them again: their loss reaches the speaker MLP
+    but not the encoder (or the pooling below it)."""
     task, batch = task_and_batch
     model = build(task, spk_memory_size=16, pitch_layer=0)
     crit = DHubertCriterion(task, 1.0, 0.0, [10.0], spk_weight=1.0)
@@ -391,3 +415,4 @@ def test_seeded_masks_are_reproducible(task_and_batch):
     unseeded = build(task, seeded_masks=False)
     assert unseeded.mask_seed is None and masks(unseeded, 7)[0].any()
     assert build(task, mask_seed="${common.seed}").mask_seed == 1  # unresolved outside hydra: seed 1
+

@@ -40,7 +40,7 @@ def dhubert_args(paths: Dict[str, Path], run_dir: Path, max_update: int) -> List
     return ["--config-dir", str(REPO / "config" / "pretrain"), "--config-name", "dhubert_tiny", "+data=iter1",
             f"task.data={paths['data']}", f"task.label_dir={paths['labels']}", f"task.pitch_dir={paths['pitch']}",
             f"common.user_dir={REPO / 'fairseq_ext'}", *CPU, f"optimization.max_update={max_update}",
-            "model.grl_warmup_updates=4", f"hydra.run.dir={run_dir}"]
+            "model.adv_warmup_updates=4", f"hydra.run.dir={run_dir}"]
 
 
 def records(log: str, kind: str = "train_inner") -> List[Dict]:

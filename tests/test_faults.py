@@ -266,7 +266,7 @@ def test_write_errors_name_the_output(tmp_path):
 
 def test_hubert_features_skip_bad_with_rank_from_environment(demo_corpus, tmp_path, monkeypatch):
     from simple_kmeans import dump_hubert_feature
-    from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+    from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
 
     ckpt = make_tiny_hubert_checkpoint(tmp_path / "hubert.pt", label_rate=50)
     man, bad = _corrupt_corpus(demo_corpus, tmp_path)

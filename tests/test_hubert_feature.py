@@ -1,4 +1,5 @@
-"""simple_kmeans/dump_hubert_feature.py: padding-exact batching, fairseq parity, outputs, errors."""
+"""simple_kmeans/dump_hubert_feature.py (over fairseq_ext.encoder): padding-exact batching, fairseq parity,
+outputs, errors."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import soundfile as sf
 import torch
 
 from conftest import REPO, write_manifest
-from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
 
 from simple_kmeans import dump_hubert_feature as dhf
+from fairseq_ext.encoder import ChunkedReader, HubertUpstream, load_upstream, plan_batches
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import read_manifest
 from fairseq_ext.base.shards import load_feat_shard
@@ -39,20 +41,29 @@ def _wavs(manifest_dir: Path):
     return [sf.read(m.audio_path(e), dtype="float32")[0] for e in m.entries]
 
 
-def _check_batched_equals_single(reader: dhf.HubertFeatureReader, wavs) -> None:
+def _reader(ckpt: Path, layer: int, max_chunk: int = 1600000) -> ChunkedReader:
+    return ChunkedReader(load_upstream(str(ckpt)), [layer], max_chunk)
+
+
+def _extract(reader: ChunkedReader, wavs, batch_samples: int):
+    (layer,) = reader.layers
+    return [f[layer] for f in reader.extract(wavs, batch_samples)]
+
+
+def _check_batched_equals_single(reader: ChunkedReader, wavs) -> None:
     batch_samples = 4 * max(len(w) for w in wavs)
-    batches = dhf.plan_batches([len(w) for w in wavs], batch_samples)
+    batches = plan_batches([len(w) for w in wavs], batch_samples)
     assert any(len({len(wavs[i]) for i in b}) > 1 for b in batches), "no batch with padding"
-    batched = reader.extract(wavs, batch_samples)
-    single = [reader.extract([w], 0)[0] for w in wavs]
+    batched = _extract(reader, wavs, batch_samples)
+    single = [_extract(reader, [w], 0)[0] for w in wavs]
     for w, b, s in zip(wavs, batched, single):
         assert b.shape == s.shape == (reader.num_frames(len(w)), 64)
-        np.testing.assert_allclose(b, s, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(b, s, atol=1e-5, rtol=0)
 
 
 def test_batched_equals_single_default_extractor(base_ckpt, demo_manifest):
-    reader = dhf.HubertFeatureReader.from_checkpoint(str(base_ckpt), layer=2)
-    assert not reader.cnn_batchable
+    reader = _reader(base_ckpt, layer=2)
+    assert not reader.upstream.cnn_batchable
     wavs = _wavs(demo_manifest)
     _check_batched_equals_single(reader, wavs)
 
@@ -61,15 +72,15 @@ def test_batched_equals_single_default_extractor(base_ckpt, demo_manifest):
     src = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in wavs[:4]], batch_first=True)
     mask = torch.arange(src.size(1))[None] >= torch.tensor([len(w) for w in wavs[:4]])[:, None]
     with torch.no_grad():
-        naive, _ = reader.model.extract_features(src, padding_mask=mask, mask=False, output_layer=2)
+        naive, _ = reader.upstream.model.extract_features(src, padding_mask=mask, mask=False, output_layer=2)
     i = int(np.argmin([len(w) for w in wavs[:4]]))  # the shortest one is padded
-    exact = reader.extract([wavs[i]], 0)[0]
+    exact = _extract(reader, [wavs[i]], 0)[0]
     assert np.abs(naive[i, : len(exact)].numpy() - exact).max() > 1e-2
 
 
 def test_batched_equals_single_layer_norm_extractor_normalized(ln_ckpt, demo_manifest):
-    reader = dhf.HubertFeatureReader.from_checkpoint(str(ln_ckpt), layer=1)
-    assert reader.cnn_batchable and reader.normalize
+    reader = _reader(ln_ckpt, layer=1)
+    assert reader.upstream.cnn_batchable and reader.upstream.normalize
     _check_batched_equals_single(reader, _wavs(demo_manifest))
 
 
@@ -79,18 +90,18 @@ def test_batched_equals_single_dhubert_subclass(demo_manifest):
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
     from fairseq_ext.models.dhubert import DHubertConfig, DHubertModel
-    from tests.hubert_ckpt import TINY_CONV_LAYERS
+    from fairseq_ext.tiny_checkpoint import TINY_CONV_LAYERS
 
     cfg = DHubertConfig(label_rate=50, encoder_layers=2, encoder_embed_dim=64,
                         encoder_ffn_embed_dim=128, encoder_attention_heads=2, final_dim=32,
                         conv_pos=16, conv_pos_groups=4, conv_feature_layers=TINY_CONV_LAYERS,
-                        spk_layer=1, pitch_layer=0, grl_schedule="constant", max_update=10)
+                        spk_layer=1, pitch_layer=0, adv_schedule="constant", max_update=10)
     d = Dictionary()
     for i in range(5):
         d.add_symbol(str(i))
     torch.manual_seed(0)
     model = DHubertModel(cfg, HubertPretrainingConfig(data="x", labels=["km"]), [d], n_speakers=3)
-    reader = dhf.HubertFeatureReader(model, layer=2)
+    reader = ChunkedReader(HubertUpstream(model), [2])
     _check_batched_equals_single(reader, _wavs(demo_manifest))
 
 
@@ -112,10 +123,10 @@ def test_matches_fairseq_reader(ckpt_name, max_chunk, base_ckpt, ln_ckpt, demo_m
 
 
 def test_max_chunk_short_tail_gives_no_frame(base_ckpt):
-    reader = dhf.HubertFeatureReader.from_checkpoint(str(base_ckpt), layer=1, max_chunk=8000)
+    reader = _reader(base_ckpt, layer=1, max_chunk=8000)
     wav = np.random.default_rng(0).standard_normal(2 * 8000 + 399).astype(np.float32)
     assert reader.pieces(len(wav)) == [(0, 8000), (8000, 16000)]
-    feats = reader.extract([wav, wav[:16000]], 10**6)
+    feats = _extract(reader, [wav, wav[:16000]], 10**6)
     assert len(feats[0]) == reader.num_frames(len(wav)) == 2 * ((8000 - 400) // 320 + 1)
     np.testing.assert_allclose(feats[0], feats[1], atol=1e-5)
 
@@ -143,13 +154,13 @@ def test_layout_frame_counts_and_rerun(base_ckpt, demo_manifest, tmp_path):
 
 def test_plan_batches():
     lengths = [10, 50, 30, 40, 20]
-    batches = dhf.plan_batches(lengths, 100)
+    batches = plan_batches(lengths, 100)
     assert sorted(i for b in batches for i in b) == list(range(5))
     assert all(len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1 for b in batches)
     assert batches[0] == [1, 3]  # longest first: 50, 40 (3 x 50 > 100)
     assert [2] in batches and [4] in batches  # 20 < 0.75 x 30: not padded to 30
-    assert dhf.plan_batches(lengths, 1000, min_fill=0.0) == [[1, 3, 2, 4, 0]]
-    assert dhf.plan_batches(lengths, 0) == [[0], [1], [2], [3], [4]]
+    assert plan_batches(lengths, 1000, min_fill=0.0) == [[1, 3, 2, 4, 0]]
+    assert plan_batches(lengths, 0) == [[0], [1], [2], [3], [4]]
 
 
 def _env():

@@ -39,8 +39,7 @@ def test_imports_point_down(package, forbidden):
 # fairseq's reference scripts under examples/, which are not an importable package.
 BY_PATH_ON_PURPOSE = {"fairseq_ext/modules/pase_workers/__init__.py", "benchmarks/reference.py",
                       "benchmarks/torchaudio_reference.py"}
-PENDING = {"simple_kmeans/cli.py", "simple_kmeans/dump_pitch_feature.py", "scripts/demo_pretrain.py",
-           "scripts/dhubert_experiment.py", "scripts/kws_sweep.py", "scripts/speaker_experiment.py"}
+PENDING: set = set()
 
 
 def test_nothing_loads_code_by_file_path():

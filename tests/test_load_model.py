@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
 
 from fairseq_ext.checkpoint import CheckpointError, load_model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -299,11 +300,15 @@ def test_killed_job_leaves_only_temp_files(demo_manifest, tmp_path):
 
 def test_memory_does_not_grow_with_shard_size(tmp_path):
     wav = _write_wav(tmp_path / "wav" / "x.wav", 0.1 * np.random.default_rng(0).standard_normal(48000))
+    links = []  # one signal in 40 files (a manifest refuses a file listed twice)
+    for i in range(40):
+        links.append(tmp_path / "wav" / f"x{i}.wav")
+        shutil.copyfile(wav, links[-1])
     peaks = []
     for copies in (4, 40):
         d = tmp_path / f"m{copies}"
         d.mkdir()
-        write_manifest(tmp_path / "wav", d / "train.tsv", [wav] * copies)
+        write_manifest(tmp_path / "wav", d / "train.tsv", links[:copies])
         tracemalloc.start()
         dump_mfcc_feature.main(str(d), "train", 1, 0, str(tmp_path / f"feat{copies}"))
         peaks.append(tracemalloc.get_traced_memory()[1])

@@ -14,22 +14,15 @@ import soundfile as sf
 import torch
 
 from fairseq_ext.data.pase_dataset import PaseChunkDataset
-from fairseq_ext.models.pase import PaseConfig, PaseModel, load_target_stats
+from fairseq_ext.models.pase import PaseConfig, PaseModel
 from fairseq_ext.modules.pase_encoder import PaseEncoder
-from fairseq_ext.modules.pase_workers import (
-    PaseBatch,
-    RegressorConfig,
-    RegressorWorker,
-    build_worker,
-    import_worker_file,
-    known_workers,
-    register_worker,
-)
-from fairseq_ext.modules.pase_workers.base import frame_signal
+from fairseq_ext.modules.pase_workers import build_worker, import_worker_file, known_workers, register_worker
+from fairseq_ext.modules.pase_workers.base import PaseBatch, RegressorConfig, RegressorWorker, frame_signal
 from fairseq_ext.modules.pase_workers.fbank import log_mel_energies
 from fairseq_ext.modules.pase_workers.mfcc import dct_matrix
 from fairseq_ext.modules.pase_workers.prosody import estimate_f0
 from fairseq_ext.modules.sincnet import SincConv1d
+from fairseq_ext.pase_stats import compute_target_stats, load_target_stats
 from fairseq_ext.base.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,7 +310,8 @@ def test_worker_file_registration(tmp_path):
     path = tmp_path / "my_worker.py"
     path.write_text(textwrap.dedent('''
         import torch
-        from fairseq_ext.modules.pase_workers import RegressorConfig, RegressorWorker, register_worker
+        from fairseq_ext.modules.pase_workers import register_worker
+        from fairseq_ext.modules.pase_workers.base import RegressorConfig, RegressorWorker
 
         @register_worker("test_file_worker", dataclass=RegressorConfig)
         class FileWorker(RegressorWorker):
@@ -386,15 +380,10 @@ def test_dataset_negatives_come_from_other_speakers(demo_manifest, demo_corpus):
 # ---------------------------------------------------------------------------------- statistics
 
 
-def test_stats_script_and_loading(demo_manifest, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pase_stats", REPO / "scripts" / "pase_stats.py")
-    pase_stats = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pase_stats)
+def test_stats_computation_and_loading(demo_manifest, tmp_path):
     out = tmp_path / "stats.json"
-    pase_stats.main(str(demo_manifest), str(out), str(REPO / "config/pretrain/pase_tiny.yaml"),
-                    overrides=["+model.workers.fbank={}"])
+    compute_target_stats(str(demo_manifest), str(out), str(REPO / "config/pretrain/pase_tiny.yaml"),
+                         overrides=["+model.workers.fbank={}"])
     stats = json.loads(out.read_text())
     assert {k: v["dim"] for k, v in stats["workers"].items()} == {"lps": 129, "mfcc": 20, "prosody": 4, "fbank": 40}
     assert all(min(v["std"]) > 0 for v in stats["workers"].values())

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fairseq_ext.modules.pase_workers import RegressorConfig, RegressorWorker, register_worker
-from fairseq_ext.modules.pase_workers.base import frame_signal
+from fairseq_ext.modules.pase_workers import register_worker
+from fairseq_ext.modules.pase_workers.base import RegressorConfig, RegressorWorker, frame_signal
 
 
 @dataclass

@@ -154,7 +154,7 @@ def test_cli_bad_audio_exit_2(tmp_path):
 
 
 def test_hubert_features_give_50hz_labels(demo_corpus, tmp_path):
-    from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+    from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
 
     ckpt = make_tiny_hubert_checkpoint(tmp_path / "hubert.pt")
     res = _run(demo_corpus / "wav", tmp_path / "out", feature="hubert", ckpt=str(ckpt), layer=1, n_clusters=8,
@@ -193,3 +193,16 @@ def test_failing_worker_names_unit_and_keeps_finished_shards(demo_corpus, tmp_pa
         pipeline.main(str(tmp_path / "out"), tsv_dir=str(tmp_path / "m"), nshard=2, jobs=2, quiet=True)
     stamps = sorted(p.name for p in (tmp_path / "out" / ".stamps").iterdir())
     assert stamps == ["features__train_0_2.json"]
+
+
+def test_unit_signature_names_the_function_as_before():
+    """Units carry function objects; their stamp signature names the function ``module:qualname``, so
+    stamps written when units were named by ``"module:function"`` strings keep matching."""
+    from fairseq_ext.base.steps import Unit, digest, func_name
+    from simple_kmeans import learn_kmeans
+
+    kwargs, inputs = {"feat_dir": "/f", "split": "train"}, {"features": "abc"}
+    unit = Unit("kmeans", learn_kmeans.main, kwargs, [], inputs)
+    assert func_name(learn_kmeans.main) == "simple_kmeans.learn_kmeans:main"
+    assert unit.signature == digest({"func": "simple_kmeans.learn_kmeans:main", "kwargs": kwargs, "inputs": inputs})
+    assert Unit("kmeans", learn_kmeans.main, {**kwargs, "split": "valid"}, [], inputs).signature != unit.signature

@@ -15,6 +15,7 @@ import soundfile as sf
 
 from simple_kmeans import dump_pitch_feature as dpf
 from simple_kmeans import pitch_stats
+from fairseq_ext.base import frames
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import read_manifest
 from fairseq_ext.base.shards import load_feat_shard
@@ -58,12 +59,12 @@ def test_50hz_frame_count_matches_hubert_cnn():
     import torch
     from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
-    cnn = ConvFeatureExtractionModel([(4, k, s) for _, k, s in dpf.HUBERT_CONV_LAYERS], mode="default")
-    assert dpf.conv_receptive_field() == (400, 320)
+    cnn = ConvFeatureExtractionModel([(4, k, s) for _, k, s in frames.HUBERT_CONV_LAYERS], mode="default")
+    assert frames.conv_receptive_field() == (400, 320)
     with torch.no_grad():
         for n in [400, 401, 719, 720, 721, 1039, 1040, 16000, 19199, 19520, 33333]:
-            assert dpf.num_frames(n, 50) == cnn(torch.zeros(1, n)).shape[-1], n
-    assert dpf.num_frames(399, 50) == 0
+            assert frames.frames_at_rate(n, 50) == cnn(torch.zeros(1, n)).shape[-1], n
+    assert frames.frames_at_rate(399, 50) == 0
 
 
 def test_100hz_frame_count_matches_mfcc():
@@ -71,9 +72,9 @@ def test_100hz_frame_count_matches_mfcc():
 
     rng = np.random.default_rng(0)
     for n in [400, 401, 559, 560, 16000, 19999]:
-        assert dpf.num_frames(n, 100) == mfcc_features(rng.standard_normal(n).astype(np.float32) * 0.1).shape[0]
-        assert dpf.num_frames(n, 100) == 1 + (n - 400) // 160
-    assert dpf.num_frames(399, 100) == 0
+        assert frames.frames_at_rate(n, 100) == mfcc_features(rng.standard_normal(n).astype(np.float32) * 0.1).shape[0]
+        assert frames.frames_at_rate(n, 100) == 1 + (n - 400) // 160
+    assert frames.frames_at_rate(399, 100) == 0
 
 
 def test_dump_shapes_at_both_rates(dumped, demo_manifest):
@@ -81,7 +82,7 @@ def test_dump_shapes_at_both_rates(dumped, demo_manifest):
     for rate, nshard in ((50, 2), (100, 1)):
         feats, lengths = _load(dumped / f"f{rate}", nshard)
         assert feats.dtype == np.float32 and feats.shape == (sum(lengths), 2)
-        assert lengths == [dpf.num_frames(e.n_samples, rate) for e in manifest.entries]
+        assert lengths == [frames.frames_at_rate(e.n_samples, rate) for e in manifest.entries]
         assert np.isfinite(feats).all()
         assert set(np.unique(feats[:, 1])) == {0.0, 1.0}
         assert 0.3 < feats[:, 1].mean() < 0.9  # the corpus is mostly vowels and nasals
@@ -120,7 +121,7 @@ def test_silent_and_short_files(tmp_path):
     _dump(tmp_path / "m", tmp_path / "f", frame_rate=50)
     feats, lengths = _load(tmp_path / "f")
     silent, short, tone = _per_utt(feats, lengths)
-    assert lengths == [dpf.num_frames(16000, 50), 0, dpf.num_frames(16000, 50)]
+    assert lengths == [frames.frames_at_rate(16000, 50), 0, frames.frames_at_rate(16000, 50)]
     assert np.isfinite(feats).all()
     np.testing.assert_allclose(silent[:, 0], dpf.default_log_f0(60, 400), rtol=1e-6)
     assert (silent[:, 1] == 0).all()
@@ -133,7 +134,7 @@ def _accuracy(feats, lengths, manifest, f0_ref, rate):
     agree, cents = [], []
     for entry, x in zip(manifest.entries, _per_utt(feats, lengths)):
         ref = f0_ref[manifest.uid(entry)]
-        idx = dpf.frame_centres(len(x), rate) // 160  # the reference frame holding each frame centre
+        idx = frames.frame_centres(len(x), rate) // 160  # the reference frame holding each frame centre
         keep = idx < len(ref)
         x, r = x[keep], ref[idx[keep]]
         agree.append((x[:, 1] > 0) == (r > 0))

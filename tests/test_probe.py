@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,17 +13,18 @@ import pytest
 import soundfile as sf
 
 from fairseq_ext.probe import (
-    LayerFeatureExtractor,
     ProbeOptions,
     code_metrics,
     format_table,
+    parse_layers,
     run_probe,
+    run_probe_report,
     speaker_id_probe,
     speaker_split,
 )
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import read_manifest
-from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,32 +115,27 @@ def test_run_probe_mfcc_versus_random_frames(demo_corpus, demo_manifest):
                                                   "spk", "pur", "spk", "NMI"]
 
 
-def test_layer_features_equal_extract_features(tiny_ckpt, demo_manifest):
+def test_probe_reads_layers_through_the_encoder_interface(tiny_ckpt, demo_corpus, demo_manifest):
+    """The probe's per-utterance features are the encoder interface's (fairseq_ext.encoder), every layer
+    as ``extract_features(output_layer=L)`` gives it (tests/test_encoder.py checks that in depth)."""
     import torch
     import torch.nn.functional as F
 
-    from fairseq_ext import load_model
-    from simple_kmeans import dump_pitch_feature as dpf
+    from fairseq_ext.encoder import ChunkedReader, load_upstream
 
-    model, _, task = load_model(str(tiny_ckpt))
-    extractor = LayerFeatureExtractor(model, normalize=task.cfg.normalize)
-    assert extractor.n_layers == 3 and extractor.normalize
+    upstream = load_upstream(str(tiny_ckpt))
+    reader = ChunkedReader(upstream, [0, 1, 3])
     manifest = read_manifest(demo_manifest / "train.tsv")
     wav = sf.read(manifest.audio_path(manifest.entries[0]), dtype="float32")[0]
-    feats = extractor(wav, [0, 1, 2, 3])
-    source = F.layer_norm(torch.from_numpy(wav), wav.shape)[None]
+    feats = reader.extract([wav])[0]
+    source = F.layer_norm(torch.from_numpy(wav), wav.shape)[None]  # the checkpoint's task normalises
     with torch.no_grad():
-        for layer in (1, 2, 3):
-            ref = model.extract_features(source, padding_mask=None, mask=False, output_layer=layer)[0][0]
-            np.testing.assert_allclose(feats[layer], ref.numpy(), atol=1e-5)
-        projected_cnn = model.extract_features(source, padding_mask=None, mask=False, ret_conv=True)[0][0]
-        np.testing.assert_allclose(feats[0], projected_cnn.numpy(), atol=1e-5)
-    # the 50 Hz label grid of the pitch dumper is the real model's frame count
-    for n in (len(wav), 16000, 16319, 16320, 16321):
-        assert extractor.num_frames(n) == dpf.num_frames(n, 50) == len(extractor(np.zeros(n), [1])[1])
-    assert extractor(np.zeros(300, dtype=np.float32), [0, 2])[2].shape == (0, 64)  # shorter than one frame
+        ref = upstream.model.extract_features(source, padding_mask=None, mask=False, output_layer=3)[0][0]
+    np.testing.assert_array_equal(feats[3], ref.numpy())
+    assert reader.extract([np.zeros(300, dtype=np.float32)])[0][1].shape == (0, 64)  # shorter than one frame
+    assert parse_layers("all", 3) == [1, 2, 3] and parse_layers("3,0", 3) == [0, 3]
     with pytest.raises(UserError, match="out of range"):
-        extractor(wav, [4])
+        ChunkedReader(upstream, [4])
 
 
 def test_cli_end_to_end(tiny_ckpt, demo_corpus, demo_manifest, tmp_path):
@@ -170,9 +165,6 @@ def test_cli_end_to_end(tiny_ckpt, demo_corpus, demo_manifest, tmp_path):
         assert 0 <= r["phone_purity"] <= 1 and 0 <= r["cluster_purity"] <= 1 and 0 <= r["spk_purity"] <= 1
         assert (r["n_speakers"], r["n_train"], r["n_test"]) == (3, 9, 3)
     # a bad layer is a user error naming the valid range (in process: one model load less)
-    spec = importlib.util.spec_from_file_location("probe_script", REPO / "scripts" / "probe.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     with pytest.raises(UserError, match=r"--layers '7': the model has layers 1\.\.3"):
-        script.main(str(demo_manifest / "train.tsv"), str(tiny_ckpt), layers="7", spk_file=str(spk_file),
-                    device="cpu")
+        run_probe_report(str(demo_manifest / "train.tsv"), str(tiny_ckpt), layers="7", spk_file=str(spk_file),
+                         device="cpu")

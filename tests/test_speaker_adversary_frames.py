@@ -62,7 +62,7 @@ def test_model_frame_outputs_and_reversed_gradient(task_and_batch, fixed_masks):
     task, batch = task_and_batch
     grads = {}
     for variant in ("grl", "identity"):
-        model = build(task, spk_unit="frame", grl_lambda_max=0.3, pitch_layer=0).eval()
+        model = build(task, spk_unit="frame", adv_weight=0.3, pitch_layer=0).eval()
         if variant == "identity":
             model.grl = nn.Identity()
         out = model(target_list=batch["target_list"], **batch["net_input"])

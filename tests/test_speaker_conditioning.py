@@ -58,7 +58,31 @@ def test_criterion_passes_speakers_and_embedding_learns(task_and_batch, fixed_ma
     unused = torch.ones(grad.size(0), dtype=torch.bool)
     unused[used] = False
     assert grad[unused].abs().sum() == 0
-    assert model.spk_cond._owners == [] and model.spk_cond._speakers is None  # nothing left for the next forward
+    model.eval()  # nothing is left for the next forward: without speaker ids it predicts unconditioned
+    with torch.no_grad():
+        model.spk_cond.embedding.weight.normal_()
+        plain = build(task, spk_condition=False, pitch_layer=0).eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("spk_cond.")})
+        a, b = _forward(model, batch), _forward(plain, batch)
+    assert torch.allclose(a["logit_m_list"][0], b["logit_m_list"][0], atol=1e-6)
+
+
+@pytest.mark.parametrize("skip_masked", [False, True])
+def test_conditioning_follows_rows_not_call_order(task_and_batch, fixed_masks, skip_masked):  # noqa: F811
+    """compute_logits gets the speakers with the rows it predicts: the unmasked frames' logits are
+    the same whether or not the masked frames are predicted first (skip_masked)."""
+    task, batch = task_and_batch
+    model = build(task, spk_condition=True, pitch_layer=0).eval()
+    with torch.no_grad():
+        model.spk_cond.embedding.weight.normal_()
+        ref = _forward(model, batch, batch["spk_id"])
+        model.skip_masked, model.skip_nomask = skip_masked, False
+        out = _forward(model, batch, batch["spk_id"])
+        # a different speaker for the same rows changes them: the ids are really used
+        other = _forward(model, batch, (batch["spk_id"] + 1) % len(task.speakers))
+    assert torch.allclose(out["logit_u_list"][0], ref["logit_u_list"][0], atol=1e-6)
+    assert (out["logit_m_list"][0] is None) == skip_masked
+    assert not torch.allclose(other["logit_u_list"][0], ref["logit_u_list"][0], atol=1e-3)
 
 
 def test_conditioning_needs_speakers(task_and_batch):  # noqa: F811

@@ -43,7 +43,7 @@ def test_classifier_and_encoder_get_separate_losses(task_and_batch, fixed_masks,
 
 def test_criterion_confusion_term_is_bounded_below_by_chance(task_and_batch, fixed_masks):  # noqa: F811
     task, batch = task_and_batch
-    model = build(task, spk_adversary="confusion", spk_unit="frame", pitch_layer=0, grl_lambda_max=0.5)
+    model = build(task, spk_adversary="confusion", spk_unit="frame", pitch_layer=0, adv_weight=0.5)
     crit = DHubertCriterion(task, 1.0, 0.0, [10.0], spk_weight=2.0)
     loss, sample_size, log = crit(model, batch)
     k = len(task.speakers)

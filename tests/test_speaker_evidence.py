@@ -3,21 +3,15 @@ speaker experiment (simple vs boss vs frozen-HuBERT heads), at toy size with the
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"test_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TOY = dict(keywords=3, voices=5, takes=2, valid_voices=1, test_voices=1)
@@ -28,9 +22,10 @@ def test_kws_corpus_is_deterministic_and_loads_as_folder_tree(tmp_path):
 
     from fairseq_ext.tasks.speaker_classification import SpeakerClassificationConfig, SpeakerClassificationTask
 
-    mk = _script("make_kws_corpus")
-    a = mk.main(str(tmp_path / "a"), **TOY)
-    b = mk.main(str(tmp_path / "b"), **{**TOY, "voices": 6})  # one more voice: the others unchanged
+    from simple_kmeans.recipes.kws_corpus import main as make_kws_corpus
+
+    a = make_kws_corpus(str(tmp_path / "a"), **TOY)
+    b = make_kws_corpus(str(tmp_path / "b"), **{**TOY, "voices": 6})  # one more voice: the others unchanged
     words = ["sea", "she", "fee"]
     assert sorted(d.name for d in a.iterdir() if d.is_dir()) == sorted(words)
     wavs = sorted(p.relative_to(a) for p in a.rglob("*.wav"))
@@ -61,10 +56,10 @@ def test_kws_corpus_is_deterministic_and_loads_as_folder_tree(tmp_path):
     assert sizes == {"train": 18, "valid": 6, "test": 6}
 
     # a smaller corpus written over a larger one leaves no stale clips; an identical rerun is a no-op
-    mk.main(str(tmp_path / "b"), **TOY)
+    make_kws_corpus(str(tmp_path / "b"), **TOY)
     assert sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.wav")) == wavs
     before = (a / "sea" / "v000_nohash_0.wav").stat().st_mtime_ns
-    mk.main(str(a), **TOY)
+    make_kws_corpus(str(a), **TOY)
     assert (a / "sea" / "v000_nohash_0.wav").stat().st_mtime_ns == before
 
 
@@ -73,7 +68,8 @@ def test_kws_sweep_quick(tmp_path, capsys):
 
     from fairseq_ext import load_model
 
-    sweep = _script("kws_sweep")
+    from simple_kmeans.recipes import kws_sweep as sweep
+
     res = sweep.main(str(tmp_path), settings="A,D", n_mels="12", seeds="1", quick=True)
     assert [(r["setting"], r["n_mels"], r["seed"]) for r in res["rows"]] == [("A", 12, 1), ("D", 12, 1)]
     for r in res["rows"]:
@@ -98,7 +94,8 @@ def test_kws_sweep_quick(tmp_path, capsys):
 
 
 def test_speaker_experiment_quick(tmp_path, capsys):
-    exp = _script("speaker_experiment")
+    from simple_kmeans.recipes import speaker_experiment as exp
+
     res = exp.main(str(tmp_path), models="simple,boss_hubert", quick=True)
     rows = {r["model"]: r for r in res["rows"]}
     assert set(rows) == {"simple", "boss_hubert"}
@@ -117,7 +114,8 @@ def test_speaker_experiment_quick(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["--settings", "E"], ["--n-mels", "x"]])
 def test_kws_sweep_bad_arguments(tmp_path, argv):
-    sweep = _script("kws_sweep")
-    with pytest.raises(SystemExit) as e:
-        sweep.cli([str(tmp_path), *argv])
-    assert e.value.code == 2
+    """The command line refuses bad settings with status 2 and a message, before any work."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "kws_sweep.py"), str(tmp_path / "out"), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and argv[0] in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import pytest
 from simple_kmeans import speaker_labels as sl
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import read_manifest
+from fairseq_ext.base.speakers import read_speaker_table
 from tests.conftest import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,10 +93,10 @@ def test_table_and_dict_errors(tmp_path):
     table = tmp_path / "t.tsv"
     table.write_text("u1\ta\nu1\tb\n")
     with pytest.raises(UserError, match=r"t\.tsv:2: utterance u1 is listed with two speakers"):
-        sl.read_speaker_table(table)
+        read_speaker_table(table)
     table.write_text("u1\ta b\n")
     with pytest.raises(UserError, match=r"t\.tsv:1: expected"):
-        sl.read_speaker_table(table)
+        read_speaker_table(table)
     d = tmp_path / "dict.spk.txt"
     d.write_text("a 1\na 2\n")
     with pytest.raises(UserError, match="listed twice"):

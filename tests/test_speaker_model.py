@@ -133,9 +133,12 @@ def test_wrong_feature_dimension_is_a_clear_error():
 
 
 def test_frozen_ssl_upstream_layers(tmp_path):
-    from fairseq_ext.data.ssl_features import FrozenSSLUpstream
+    """The speaker model's frozen SSL front-end reads the encoder interface: a padded batch gives each
+    utterance's own features (as ``extract_features`` on it alone), frames past its end are masked."""
+    from fairseq_ext.modules.ssl_upstream import FrozenSSLUpstream
     from fairseq_ext.base.errors import UserError
-    from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+    from fairseq_ext.base.frames import conv_output_length
+    from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
 
     ckpt = str(make_tiny_hubert_checkpoint(tmp_path / "hubert.pt"))
     g = torch.Generator().manual_seed(0)
@@ -143,19 +146,29 @@ def test_frozen_ssl_upstream_layers(tmp_path):
     mask = torch.zeros(2, 8000, dtype=torch.bool)
     mask[1, 6000:] = True
     wav[1, 6000:] = 0
+    n_frames = [conv_output_length(8000), conv_output_length(6000)]  # the tiny CNN has HuBERT's kernels and strides
     for k in (1, 2):
         up = FrozenSSLUpstream(ckpt, layer=k).train()  # train() must keep the upstream in eval mode
         assert not up.model.training and up.layer_weights is None
         feats, fmask = up(wav, mask)
+        assert fmask.tolist() == [[t >= n for t in range(n_frames[0])] for n in n_frames]
         with torch.no_grad():
-            ref, rmask = up.model.extract_features(wav, padding_mask=mask, mask=False, output_layer=k)
-        assert torch.allclose(feats, ref, atol=1e-6) and torch.equal(fmask, rmask)
+            for b, n in enumerate(n_frames):
+                ref, _ = up.model.extract_features(wav[b:b + 1, : 8000 - 2000 * b], mask=False, output_layer=k)
+                assert ref.shape[1] == n
+                torch.testing.assert_close(feats[b, :n], ref[0], atol=1e-5, rtol=0)
     up = FrozenSSLUpstream(ckpt, layer=-1)
     assert up.out_dim == 64 and up.num_layers == 2
     feats, _ = up(wav, mask)
     feats.sum().backward()
     assert up.layer_weights.grad is not None and up.layer_weights.grad.abs().sum() > 0
     assert all(p.grad is None for p in up.model.parameters())
+    # speaker checkpoints saved before the weights moved into layer_sum still load
+    state = {("layer_weights" if k == "layer_sum.weights" else k): v for k, v in up.state_dict().items()}
+    state["layer_weights"] = torch.arange(3.0)
+    fresh = FrozenSSLUpstream(ckpt, layer=-1)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.layer_weights.detach(), torch.arange(3.0))
     with pytest.raises(UserError, match="hidden states 0..2"):
         FrozenSSLUpstream(ckpt, layer=3)
     with pytest.raises(UserError, match="does not exist"):

@@ -39,7 +39,7 @@ def _launch(cwd: Path, config_dir: str, config_name: str, overrides: List[str]) 
 
 @pytest.fixture(scope="module")
 def runs(demo_corpus, tmp_path_factory) -> Dict:
-    from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+    from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
 
     base = tmp_path_factory.mktemp("speaker_runs")
     manifest_dir = base / "manifest"
@@ -89,12 +89,9 @@ def _check_run(runs, name: str, valid_must_fall: bool = True) -> Dict[str, List[
 
 
 def _infer(ckpt: Path, inp: Path, out: Path, **kw) -> List[List[str]]:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import speaker_infer
-    finally:
-        sys.path.pop(0)
-    speaker_infer.main(str(ckpt), str(inp), str(out), batch_size=3, **kw)
+    from fairseq_ext.speaker_inference import write_predictions
+
+    write_predictions(str(ckpt), str(inp), str(out), batch_size=3, **kw)
     with open(out) as f:
         return list(csv.reader(f))
 

@@ -159,7 +159,8 @@ class NpyStreamWriter:
     A fixed-size header is reserved and rewritten with the final shape on :meth:`close`;
     the data is written to a temporary name and renamed onto ``path`` only when closed
     successfully, so an interrupted job never leaves an ``.npy`` that looks complete.
-    Write failures (full disk, ...) raise :class:`UserError` naming ``path``.
+    Write failures (full disk, ...) raise :class:`UserError` naming ``path``, and so do
+    non-finite (NaN/Inf) features: nothing downstream (k-means, labels) may see them.
     """
 
     HEADER_LEN = 128
@@ -171,6 +172,7 @@ class NpyStreamWriter:
         self.dtype = np.dtype(dtype)
         self.dim = dim
         self.rows = 0
+        self.appended = 0  # arrays appended so far (one per utterance in the feature dumps)
         try:
             self._f = open(self.tmp, "wb")
             self._f.write(b"\0" * self.HEADER_LEN)
@@ -178,20 +180,35 @@ class NpyStreamWriter:
             self.abort()
             raise output_error(self.path, e) from None
 
-    def append(self, feats: np.ndarray) -> None:
-        """Append an array of shape ``(T, dim)``."""
-        feats = np.ascontiguousarray(feats, dtype=self.dtype)
+    def append(self, feats: np.ndarray, what: str = "") -> None:
+        """Append an array of shape ``(T, dim)``.
+
+        Args:
+            feats: the rows to append, shape ``(T, dim)``; they must be finite.
+            what: the utterance they belong to, for the error message (e.g. ``"train.tsv:12 (a.wav)"``);
+                by default its position in this file.
+        """
+        with np.errstate(over="ignore"):  # values that overflow the dtype become Inf, refused below
+            feats = np.ascontiguousarray(feats, dtype=self.dtype)
         if feats.ndim != 2:
             raise ValueError(f"expected a 2-D (T, C) array, got shape {feats.shape}")
         if self.dim is None:
             self.dim = feats.shape[1]
         elif feats.shape[1] != self.dim:
             raise ValueError(f"feature dim changed from {self.dim} to {feats.shape[1]}")
+        if self.dtype.kind == "f" and not np.isfinite(feats).all():
+            n_bad = int(np.count_nonzero(~np.isfinite(feats)))
+            what = what or (f"utterance {self.appended + 1} of this file "
+                            f"(rows {self.rows}..{self.rows + len(feats) - 1})")
+            raise UserError(f"cannot write {self.path}: the features of {what} have {n_bad} non-finite values "
+                            f"(NaN or Inf), which would corrupt k-means and labels; check that audio file "
+                            f"(repair or remove it) or the feature model; nothing was written")
         try:
             self._f.write(feats.tobytes())
         except OSError as e:
             raise output_error(self.path, e) from None
         self.rows += feats.shape[0]
+        self.appended += 1
 
     def _header(self) -> bytes:
         d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,

@@ -11,7 +11,8 @@ import numpy as np
 
 from fairseq_ext.base.atomic import atomic_output
 from fairseq_ext.base.errors import UserError
-from fairseq_ext.base.manifest import Manifest, ManifestEntry, manifest_path, read_audio, read_manifest
+from fairseq_ext.base.manifest import (Manifest, ManifestEntry, far_out_of_range, manifest_path, range_warning,
+                                       read_audio, read_manifest)
 from fairseq_ext.base.shards import feat_paths, read_lengths, shard_stem
 
 logger = logging.getLogger("simple_kmeans")
@@ -30,6 +31,10 @@ def skipped_path(feat_dir: os.PathLike | str, split: str, rank: int, nshard: int
 class BadAudio:
     """The unusable files of a shard: with ``skip_bad`` they are recorded and reported, else an error.
 
+    Unusable: what :func:`read_audio` refuses (missing, unreadable, not mono, wrong rate or length,
+    non-finite samples). Files with samples far outside [-1, 1] are usable: each gets one
+    warning, and :meth:`write_report` logs how many there were.
+
     Args:
         skip_bad: leave bad files out (and list them) instead of raising.
         report: the ``.skipped.tsv`` path (named in errors and logs).
@@ -38,6 +43,7 @@ class BadAudio:
     def __init__(self, skip_bad: bool, report: Path):
         self.skip_bad, self.report = skip_bad, report
         self.skipped: List[Tuple[ManifestEntry, str]] = []
+        self.out_of_range: List[ManifestEntry] = []
 
     def skip(self, entry: ManifestEntry, problem: str) -> None:
         """Record ``entry`` as left out; raises instead when ``skip_bad`` is off."""
@@ -50,15 +56,23 @@ class BadAudio:
     def read(self, manifest: Manifest, entry: ManifestEntry, sample_rate: int) -> Optional[np.ndarray]:
         """The waveform of ``entry`` (``read_audio`` with the manifest's checks), or None when it is
         unusable and skipped (raises instead without ``skip_bad``)."""
+        path, where = manifest.audio_path(entry), f"{manifest.path}:{entry.line}"
         try:
-            return read_audio(manifest.audio_path(entry), sample_rate, entry.n_samples,
-                              where=f"{manifest.path}:{entry.line}")
+            wav = read_audio(path, sample_rate, entry.n_samples, where=where, warn_range=False)
         except UserError as e:
             self.skip(entry, str(e))
             return None
+        peak = far_out_of_range(wav)
+        if peak is not None:
+            logger.warning("%s", range_warning(path, peak, where))
+            self.out_of_range.append(entry)
+        return wav
 
     def write_report(self) -> Optional[Path]:
         """Write the report (only with ``skip_bad``; an empty table when nothing was skipped)."""
+        if self.out_of_range:
+            logger.warning("%d audio file(s) of this shard have samples far outside [-1, 1] (warned above)",
+                           len(self.out_of_range))
         if not self.skip_bad:
             return None
         with atomic_output(self.report) as f:

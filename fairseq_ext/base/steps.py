@@ -1,25 +1,28 @@
-"""Units of work with stamps: what ``fairseq-ext-labels`` runs, skips on reruns, and runs in parallel.
+"""Units of work with stamps: the one way this package runs, skips on reruns, and runs in parallel
+the steps of the label pipeline, the demo, the sweeps and the experiments.
 
-A unit is a ``"module:function"`` call with keyword arguments and its output files. After its
-outputs are in place, :class:`Runner` writes a stamp ``OUT/.stamps/<unit>.json`` holding a hash
-of the call and its inputs; a unit whose stamp matches and whose outputs exist is skipped.
+A unit is a call of a module-level function with keyword arguments, and its output files. After
+its outputs are in place, :class:`Runner` writes a stamp ``OUT/.stamps/<unit>.json`` holding a
+hash of the call (the function's ``module:qualname``, its arguments) and its inputs; a unit whose
+stamp matches and whose outputs exist is skipped. :func:`read_stamp` / :func:`write_stamp` are
+the stamp files themselves, for steps that decide "done" in their own way (a training run).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from fairseq_ext.base.atomic import atomic_output
 from fairseq_ext.base.cli import setup_logging
@@ -50,12 +53,28 @@ def file_fingerprint(path: os.PathLike | str) -> List:
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
+def func_name(func: Callable) -> str:
+    """``"module:qualname"`` of a module-level function: its name inside stamp signatures.
+
+    A function of a module run as ``python -m package.module`` is named by that module, not ``__main__``.
+    """
+    module = func.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"{module}:{func.__qualname__}"
+
+
 @dataclass
 class Unit:
-    """One unit of work: ``func`` (``"module:function"``) called with ``kwargs``, producing ``outputs``."""
+    """One unit of work: ``func`` (a module-level function) called with ``kwargs``, producing ``outputs``.
+
+    ``func`` must be importable by its module and name (it is pickled by reference for the
+    worker processes); ``kwargs`` and ``inputs`` must be JSON-able.
+    """
 
     name: str
-    func: str
+    func: Callable
     kwargs: Dict[str, object]
     outputs: List[Path]
     inputs: Dict[str, object] = field(default_factory=dict)  # what the signature covers
@@ -63,13 +82,28 @@ class Unit:
     @property
     def signature(self) -> str:
         """Hash of what the unit does and reads (absolute paths: a moved folder is redone)."""
-        return digest({"func": self.func, "kwargs": self.kwargs, "inputs": self.inputs})
+        return digest({"func": func_name(self.func), "kwargs": self.kwargs, "inputs": self.inputs})
 
 
-def call(func: str, kwargs: Dict[str, object]):
-    """Import ``module:function`` lazily and call it (also the entry point of worker processes)."""
-    module, name = func.split(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+def call(func: Callable, kwargs: Dict[str, object]):
+    """Call ``func(**kwargs)`` (the entry point of worker processes)."""
+    return func(**kwargs)
+
+
+def read_stamp(path: os.PathLike | str) -> Optional[Dict]:
+    """The stamp at ``path`` (a dict with at least ``"signature"``), or None if missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_stamp(path: os.PathLike | str, signature: str, **extra) -> None:
+    """Write a stamp atomically: ``{"signature": signature, **extra}`` (JSON, ``str`` for other types)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as f:
+        json.dump({"signature": signature, **extra}, f, indent=1, default=str)
 
 
 def quiet_loggers() -> None:
@@ -152,19 +186,19 @@ class Runner:
         return self.stamp_dir / (unit.name.replace("/", "__") + ".json")
 
     def is_done(self, unit: Unit) -> bool:
-        path = self.stamp_path(unit)
-        if not path.is_file() or not all(Path(p).exists() for p in unit.outputs):
+        if not all(Path(p).exists() for p in unit.outputs):
             return False
-        try:
-            return json.loads(path.read_text()).get("signature") == unit.signature
-        except (OSError, ValueError):
-            return False
+        stamp = read_stamp(self.stamp_path(unit))
+        return stamp is not None and stamp.get("signature") == unit.signature
+
+    def signature_of(self, name: str) -> Optional[str]:
+        """Signature in the stamp of the unit ``name`` (None when it has none): an input of later steps."""
+        stamp = read_stamp(self.stamp_dir / (name.replace("/", "__") + ".json"))
+        return stamp.get("signature") if stamp else None
 
     def _finish(self, unit: Unit, seconds: float) -> None:
-        with atomic_output(self.stamp_path(unit)) as f:
-            json.dump({"signature": unit.signature, "outputs": [str(p) for p in unit.outputs],
-                       "seconds": round(seconds, 3), "inputs": unit.inputs, "kwargs": unit.kwargs},
-                      f, indent=1, default=str)
+        write_stamp(self.stamp_path(unit), unit.signature, outputs=[str(p) for p in unit.outputs],
+                    seconds=round(seconds, 3), inputs=unit.inputs, kwargs=unit.kwargs, func=func_name(unit.func))
         self.ran.append(unit.name)
         logger.info("done %s (%.1f s)", unit.name, seconds)
 

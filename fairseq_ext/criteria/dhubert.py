@@ -2,7 +2,7 @@
 
     loss = HuBERT (sum over predicted frames, as fairseq)
          + sample_size * (spk_weight * mean_utt CE(speaker)   (mean_frame with model.spk_unit=frame)
-                          + spk_weight * lambda * mean CE(uniform) through a frozen classifier
+                          + spk_weight * w * mean CE(uniform) through a frozen classifier
                             (model.spk_adversary=confusion only; trains the encoder)
                           + spk_weight * mean CE(speaker) of the adversary's memory of recent
                             utterances (detached: it trains the classifier, not the encoder)
@@ -11,13 +11,16 @@
 
 The head terms are means scaled by ``sample_size`` (like HuBERT's ``features_pen``), so after
 fairseq divides the gradient by ``sample_size`` each weight is relative to HuBERT's per-frame
-cross-entropy. The GRL sign and strength live in the model (``dhubert``); this criterion only
-minimises the heads' losses.
+cross-entropy. The adversary weight ``w`` (GRL strength, confusion weight) and its schedule live
+in the model (``dhubert``, output ``adv_weight``); this criterion only minimises the heads'
+losses. It passes the batch's speaker ids to the model, which uses them for speaker conditioning
+and fills its adversary memory itself: the criterion does not change the model.
 
 Logged (all logging outputs are sums; means derived in ``reduce_metrics``): HuBERT's metrics,
 ``loss_spk``/``loss_spk_memory``/``loss_spk_confusion``/``loss_pitch``/``loss_vuv`` (weighted contributions, bits per frame like ``loss``),
 ``spk_ce`` (nats), ``spk_acc``, ``pitch_rmse`` (target units: normalised log F0, natural-log
-units when ``task.pitch_norm=none``), ``vuv_bce``, ``vuv_acc``, ``grl_lambda``.
+units when ``task.pitch_norm=none``), ``vuv_bce``, ``vuv_acc``, ``grl_lambda`` (the adversary weight
+``w`` at this update; the log key keeps its historical name).
 """
 
 from dataclasses import dataclass, field
@@ -52,13 +55,12 @@ class DHubertCriterion(HubertSummableCriterion):
         self.spk_weight, self.pitch_weight, self.vuv_weight = spk_weight, pitch_weight, vuv_weight
 
     def forward(self, model, sample: Dict[str, Any], reduce: bool = True, log_pred: bool = False):
-        extra = {"spk_id": sample["spk_id"]} if getattr(model, "spk_cond", None) is not None else {}
-        net_output = model(target_list=sample["target_list"], **sample["net_input"], **extra)
+        net_output = model(target_list=sample["target_list"], **sample["net_input"], spk_id=sample.get("spk_id"))
         loss, sample_size, log = self.hubert_loss(model, net_output, sample)
         scale = float(max(sample_size, 1))
         nsent = sample["id"].numel()
-        if "grl_lambda" in net_output:
-            log["grl_lambda"] = float(net_output["grl_lambda"]) * nsent
+        if "adv_weight" in net_output:
+            log["grl_lambda"] = float(net_output["adv_weight"]) * nsent
 
         if "spk_logits" in net_output:
             if "spk_id" not in sample:
@@ -81,14 +83,13 @@ class DHubertCriterion(HubertSummableCriterion):
             if "spk_confusion_logits" in net_output:  # encoder side of spk_adversary=confusion
                 log_p = F.log_softmax(net_output["spk_confusion_logits"].float(), dim=-1)
                 uniform_ce = -log_p.mean(-1).mean()  # >= log(n_speakers), reached at chance
-                term_c = self.spk_weight * float(net_output["grl_lambda"]) * uniform_ce * scale
+                term_c = self.spk_weight * float(net_output["adv_weight"]) * uniform_ce * scale
                 loss = loss + term_c
                 log["loss_spk_confusion"] = term_c.detach()
             if "spk_memory_logits" in net_output:  # replayed, detached embeddings: trains the classifier only
                 mem_ce = F.cross_entropy(net_output["spk_memory_logits"].float(), net_output["spk_memory_labels"])
                 loss = loss + self.spk_weight * mem_ce * scale
                 log["loss_spk_memory"] = (self.spk_weight * mem_ce * scale).detach()
-            model.remember_speakers(net_output, sample["spk_id"])
 
         if "pitch_pred" in net_output:
             if "pitch" not in sample:

@@ -4,7 +4,7 @@ Pipeline, for a batch of zero-padded inputs with a padding mask:
 
 1. input features ``(B, T, F)``: precomputed (homework log-Mels), the trainable log-Mel front-end
    (:class:`~fairseq_ext.modules.frontend.LogMelFrontend`, raw audio), or a frozen SSL encoder
-   (:class:`~fairseq_ext.data.ssl_features.FrozenSSLUpstream`); which one follows
+   (:class:`~fairseq_ext.modules.ssl_upstream.FrozenSSLUpstream`); which one follows
    ``task.input_type``;
 2. optional per-utterance mean/variance normalisation over real frames (``input_norm``);
 3. prenet ``Linear(F, d_model)``;
@@ -130,7 +130,7 @@ class ConformerSpeakerModel(BaseFairseqModel):
                 maskout_start=cfg.maskout_start, maskout_end=cfg.maskout_end)
             in_dim = self.frontend.out_dim
         elif input_type == "ssl":
-            from fairseq_ext.data.ssl_features import FrozenSSLUpstream
+            from fairseq_ext.modules.ssl_upstream import FrozenSSLUpstream
 
             self.frontend = FrozenSSLUpstream(cfg.ssl_checkpoint, cfg.ssl_layer, sample_rate)
             in_dim = self.frontend.out_dim

@@ -8,7 +8,6 @@ to give them separate learning rates and schedules.
 """
 
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,18 +20,11 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II, DictConfig, OmegaConf
 
 from fairseq_ext.modules.pase_encoder import PaseEncoder
-from fairseq_ext.modules.pase_workers import (
-    PaseBatch,
-    PaseWorker,
-    RegressorWorker,
-    build_worker,
-    import_worker_file,
-)
-from fairseq_ext.base.errors import UserError
+from fairseq_ext.modules.pase_workers import build_worker, import_worker_file, known_workers
+from fairseq_ext.modules.pase_workers.base import PaseBatch, PaseWorker, RegressorWorker
+from fairseq_ext.pase_stats import load_target_stats
 
 logger = logging.getLogger(__name__)
-
-STATS_VERSION = 1
 
 
 @dataclass
@@ -93,30 +85,6 @@ def _as_dict(x: Any) -> Optional[Dict[str, Any]]:
     return dict(x)
 
 
-def load_target_stats(path: str, workers: Dict[str, PaseWorker]) -> None:
-    """Copy the statistics in ``path`` (``scripts/pase_stats.py`` output) into the regressors."""
-    if not os.path.isfile(path):
-        raise UserError(f"target statistics file {path} (model.target_stats) does not exist: compute it "
-                        f"with `python scripts/pase_stats.py MANIFEST_DIR {path} --config <your config>`")
-    with open(path, encoding="utf-8") as f:
-        stats = json.load(f)
-    if stats.get("version") != STATS_VERSION:
-        raise UserError(f"{path}: unsupported statistics version {stats.get('version')}; recompute it")
-    for name, worker in workers.items():
-        if not (isinstance(worker, RegressorWorker) and worker.normalise_target):
-            continue
-        entry = stats["workers"].get(name)
-        if entry is None:
-            raise UserError(f"{path} has no statistics for worker {name!r} (it has: "
-                            f"{', '.join(sorted(stats['workers'])) or 'none'}); recompute it with this config")
-        sig = json.loads(json.dumps(worker.target_signature()))
-        if entry["signature"] != sig:
-            raise UserError(f"{path}: statistics of worker {name!r} were computed with {entry['signature']}, "
-                            f"the config has {sig}; recompute them with scripts/pase_stats.py")
-        worker.set_target_stats(torch.tensor(entry["mean"]), torch.tensor(entry["std"]), entry["frames"])
-    logger.info("target normalisation statistics loaded from %s", path)
-
-
 @register_model("pase", dataclass=PaseConfig)
 class PaseModel(BaseFairseqModel):
     """PASE encoder + workers.
@@ -158,8 +126,6 @@ class PaseModel(BaseFairseqModel):
                                          sample_rate=encoder.sample_rate, hop=encoder.hop)
             workers[name].running_stats_batches = int(cfg.running_stats_batches)
         if not workers:
-            from fairseq_ext.modules.pase_workers import known_workers
-
             raise ValueError(f"model.workers lists no worker; known workers: {', '.join(known_workers())}")
         if cfg.target_stats and not os.path.isfile(cfg.target_stats):
             logger.warning("model.target_stats=%s does not exist: training fails at its first step unless a "

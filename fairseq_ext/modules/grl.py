@@ -1,16 +1,17 @@
-"""Gradient-reversal layer (GRL) and the schedules of its strength lambda.
+"""Gradient-reversal layer (GRL) and the schedules of the adversaries' weight.
 
 The GRL is the identity in the forward pass and multiplies the incoming gradient by ``-lambda``
 in the backward pass (Ganin & Lempitsky, "Unsupervised Domain Adaptation by Backpropagation").
 A classifier placed behind it learns to predict its target normally, while everything in front
 of it (the encoder) receives the reversed gradient and learns to remove that information.
 
-Schedules of ``lambda`` as a function of the number of updates ``u``:
+Schedules of an adversary's weight ``w`` (the GRL's strength lambda, or the weight of the
+confusion loss) as a function of the number of updates ``u``:
 
-- ``constant``: ``lambda_max``.
-- ``dann``: ``lambda_max * (2 / (1 + exp(-10 p)) - 1)`` with ``p = min(u / horizon, 1)``
-  (the DANN paper's ramp; 0 at the start, ~0.987 * lambda_max at ``p = 0.5``).
-- ``linear``: ``lambda_max * min(u / horizon, 1)`` (ContentVec-style ramp).
+- ``constant``: ``w_max``.
+- ``dann``: ``w_max * (2 / (1 + exp(-10 p)) - 1)`` with ``p = min(u / horizon, 1)``
+  (the DANN paper's ramp; 0 at the start, ~0.987 * w_max at ``p = 0.5``).
+- ``linear``: ``w_max * min(u / horizon, 1)`` (ContentVec-style ramp).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-GRL_SCHEDULES: Tuple[str, ...] = ("constant", "dann", "linear")
+ADV_SCHEDULES: Tuple[str, ...] = ("constant", "dann", "linear")
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -61,25 +62,25 @@ class GradientReversal(nn.Module):
         return f"lambda_={self.lambda_:g}"
 
 
-def grl_lambda(schedule: str, num_updates: int, lambda_max: float, horizon: int) -> float:
-    """GRL strength after ``num_updates`` updates.
+def scheduled_weight(schedule: str, num_updates: int, max_weight: float, horizon: int) -> float:
+    """An adversary's weight (GRL strength) after ``num_updates`` updates.
 
     Args:
-        schedule: one of :data:`GRL_SCHEDULES`.
+        schedule: one of :data:`ADV_SCHEDULES`.
         num_updates: updates done so far (>= 0).
-        lambda_max: the final strength.
+        max_weight: the final weight.
         horizon: number of updates over which ``dann``/``linear`` ramp up (> 0 for them;
             ignored by ``constant``).
     Returns:
-        lambda as a float in ``[0, lambda_max]``.
+        the weight as a float in ``[0, max_weight]``.
     """
     if schedule == "constant":
-        return float(lambda_max)
-    if schedule not in GRL_SCHEDULES:
-        raise ValueError(f"unknown GRL schedule {schedule!r}; choose one of {', '.join(GRL_SCHEDULES)}")
+        return float(max_weight)
+    if schedule not in ADV_SCHEDULES:
+        raise ValueError(f"unknown adversary schedule {schedule!r}; choose one of {', '.join(ADV_SCHEDULES)}")
     if horizon <= 0:
-        raise ValueError(f"GRL schedule {schedule!r} needs a positive ramp length, got {horizon}")
+        raise ValueError(f"adversary schedule {schedule!r} needs a positive ramp length, got {horizon}")
     p = min(max(num_updates, 0) / horizon, 1.0)
     if schedule == "dann":
-        return float(lambda_max * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0))
-    return float(lambda_max * p)
+        return float(max_weight * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0))
+    return float(max_weight * p)

@@ -8,21 +8,16 @@ speaker to the encoder output *in front of HuBERT's ``final_proj`` only* lets th
 speaker-dependent distinctions from the embedding. ``extract_features`` (feature dumping, probes,
 fine-tuning) never sees the embedding.
 
-fairseq's ``HubertModel.forward`` calls ``final_proj`` on ``x[masked]`` and then on ``x[unmasked]``
-(each skipped with ``skip_masked``/``skip_nomask``). :meth:`SpeakerConditioning.start` takes the
-batch's speaker ids, :meth:`SpeakerConditioning.plan` records, for
-each of those calls in order, the utterance of every selected frame; a forward pre-hook on
-``final_proj`` then adds that utterance's speaker embedding to each row.
+The model (``dhubert``'s ``compute_logits``) selects the frames it predicts and passes, with their
+rows, the speaker of each row: nothing depends on the order in which projections are called.
 """
-
-from typing import List, Optional
 
 import torch
 from torch import nn
 
 
 class SpeakerConditioning(nn.Module):
-    """Learned speaker embeddings added to the rows fed to a projection, through a pre-hook.
+    """Learned speaker embeddings added to encoder rows before the prediction head.
 
     Args:
         n_speakers: number of speaker ids.
@@ -33,37 +28,13 @@ class SpeakerConditioning(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(n_speakers, dim)
         nn.init.zeros_(self.embedding.weight)  # starts as plain HuBERT
-        self._speakers: Optional[torch.Tensor] = None
-        self._owners: List[torch.Tensor] = []
 
-    def start(self, spk_id: Optional[torch.Tensor]) -> None:
-        """Begin a forward pass with speaker ids ``spk_id`` (B,), or None (no conditioning)."""
-        self._speakers, self._owners = spk_id, []
-
-    def plan(self, padding_mask: Optional[torch.Tensor], mask: torch.Tensor, skip_masked: bool,
-             skip_nomask: bool) -> None:
-        """Prepare this forward's projections. padding_mask, mask: (B, T) bool (True = padding /
-        masked)."""
-        self._owners = []
-        if self._speakers is None:
-            return
-        valid = torch.ones_like(mask) if padding_mask is None else ~padding_mask
-        for selected, skip in ((valid & mask, skip_masked), (valid & ~mask, skip_nomask)):
-            if not skip:
-                self._owners.append(selected.nonzero()[:, 0])
-
-    def clear(self) -> None:
-        self._speakers, self._owners = None, []
-
-    def hook(self, module: nn.Module, args):
-        """Forward pre-hook of ``final_proj``: rows (N, D) -> rows + embedding(speaker of each row)."""
-        if self._speakers is None or not self._owners:
-            return None
-        owner = self._owners.pop(0)
-        (x,) = args
-        if owner.numel() != x.size(0):
-            raise RuntimeError(f"speaker conditioning expected {owner.numel()} rows, got {x.size(0)}")
-        return (x + self.embedding(self._speakers[owner]).to(x.dtype),)
+    def forward(self, rows: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
+        """rows: (N, D) selected encoder frames; speakers: (N,) long, the speaker of each row.
+        Returns (N, D): rows + embedding(speaker)."""
+        if speakers.shape != rows.shape[:1]:
+            raise ValueError(f"speaker conditioning got {rows.size(0)} rows but {speakers.numel()} speaker ids")
+        return rows + self.embedding(speakers).to(rows.dtype)
 
     def extra_repr(self) -> str:
         return f"speakers={self.embedding.num_embeddings}, dim={self.embedding.embedding_dim}"

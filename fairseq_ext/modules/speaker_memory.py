@@ -1,10 +1,12 @@
-"""A first-in first-out memory of recent utterance embeddings and their speaker labels.
+"""A first-in first-out memory of recent speaker-adversary embeddings (frames or utterances) and
+their speaker labels.
 
 The dhubert speaker adversary sees only the few utterances of each batch; trained on those alone
 it stays near chance, and a near-chance adversary gives the encoder no useful reversed gradient.
-Replaying the detached embeddings of the last ``size`` training utterances to the classifier at
+Replaying the detached embeddings of the last ``size`` training examples to the classifier at
 every update (the encoder gets no gradient from them) lets it keep up with the encoder, the way a
-probe trained on many utterances does.
+probe trained on many utterances does. The dhubert model owns the memory: its training forward
+takes the memory's logits, then pushes the batch's embeddings with the speaker ids it was given.
 """
 
 from typing import Tuple
@@ -17,7 +19,7 @@ class SpeakerMemory(nn.Module):
     """FIFO of up to ``size`` embeddings ``(C,)`` with integer labels; not saved in checkpoints.
 
     Args:
-        size: capacity in utterances (> 0).
+        size: capacity in embeddings (> 0).
         dim: embedding size C.
     """
 

@@ -1,6 +1,10 @@
 """Registry of PASE workers.
 
-A worker lives in one file of this package and registers itself with a decorator::
+A worker lives in one file of this package and registers itself with a decorator (its base
+classes and batch type are in :mod:`fairseq_ext.modules.pase_workers.base`)::
+
+    from fairseq_ext.modules.pase_workers import register_worker
+    from fairseq_ext.modules.pase_workers.base import RegressorConfig, RegressorWorker
 
     @register_worker("lps", dataclass=LPSConfig)
     class LPSWorker(RegressorWorker): ...
@@ -21,14 +25,7 @@ import pkgutil
 import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
 
-from fairseq_ext.modules.pase_workers.base import (  # noqa: F401  (re-exported)
-    ClassifierWorker,
-    PaseBatch,
-    PaseWorker,
-    RegressorConfig,
-    RegressorWorker,
-    WorkerConfig,
-)
+from fairseq_ext.modules.pase_workers.base import PaseWorker, WorkerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +110,5 @@ def build_worker(name: str, entry: Optional[Mapping[str, Any]], emb_dim: int, sa
     return cls(name, cfg, emb_dim=emb_dim, sample_rate=sample_rate, hop=hop)
 
 
-__all__ = [
-    "WORKER_REGISTRY", "register_worker", "import_worker_file", "known_workers", "make_worker_config",
-    "build_worker", "PaseWorker", "RegressorWorker", "ClassifierWorker", "PaseBatch", "WorkerConfig",
-    "RegressorConfig",
-]
+__all__ = ["WORKER_REGISTRY", "register_worker", "import_worker_file", "known_workers", "make_worker_config",
+           "build_worker"]

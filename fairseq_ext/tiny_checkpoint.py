@@ -1,4 +1,4 @@
-"""Test helper: build a tiny, real fairseq HuBERT checkpoint in about a second.
+"""A tiny, real fairseq HuBERT checkpoint, built in about a second.
 
 The checkpoint is built programmatically from fairseq's own ``HubertPretrainingTask`` and
 ``HubertModel`` (randomly initialised, seeded) and saved in the layout ``fairseq-hydra-train``
@@ -6,11 +6,12 @@ writes (``cfg`` as a plain container of the full ``FairseqConfig``, ``model``, `
 holding the label ``Dictionary``, ``optimizer_history``, ``extra_state``), so that fairseq's
 ``checkpoint_utils.load_model_ensemble_and_task``, fairseq's ``dump_hubert_feature.py`` and
 ``fairseq_ext.load_model`` all load it. That is about five times faster than training one for
-two updates with ``fairseq-hydra-train``.
+two updates with ``fairseq-hydra-train``. Tests, benchmarks and the speaker experiment's
+"random HuBERT" input use it.
 
-Usage (in a test)::
+Usage::
 
-    from tests.hubert_ckpt import make_tiny_hubert_checkpoint
+    from fairseq_ext.tiny_checkpoint import make_tiny_hubert_checkpoint
     ckpt = make_tiny_hubert_checkpoint(tmp_path / "hubert.pt", label_rate=100, num_classes=10)
 """
 
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Union
 
-TINY_CONV_LAYERS = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
+TINY_CONV_LAYERS: str = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 """Same kernels and strides as HuBERT Base (400-sample receptive field, stride 320), 32 channels."""
 
-BASE_SIZE = dict(
+BASE_SIZE: Dict[str, Union[int, str]] = dict(
     encoder_layers=12, embed_dim=768, ffn_dim=3072, heads=12, final_dim=256, conv_pos=128,
     conv_pos_groups=16, conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
 )
@@ -31,7 +32,7 @@ BASE_SIZE = dict(
 
 
 def make_tiny_hubert_checkpoint(
-    path: os.PathLike | str,
+    path: Union[os.PathLike, str],
     label_rate: float = 100,
     num_classes: int = 10,
     *,
