@@ -24,7 +24,9 @@ CONSOLE_SCRIPTS = {
     "fairseq-ext-run-shards": "simple_kmeans.run_shards",
     "fairseq-ext-timit-prep": "fairseq_ext.data.timit_prep",
     "fairseq-ext-pr-eval": "fairseq_ext.pr_eval",
+    "fairseq-ext-export": "fairseq_ext.export",
     "fairseq-ext-collapse-phones": "fairseq_ext.data.collapse_phones",
+    "fairseq-ext-evaluate": "fairseq_ext.evaluate",
 }
 
 setup(
@@ -55,6 +57,7 @@ setup(
         "tqdm>=4.60",
         "threadpoolctl>=3.0",
         "editdistance>=0.6",
+        "matplotlib>=3.5",
     ],
     entry_points={
         "console_scripts": [f"{name}={module}:cli" for name, module in CONSOLE_SCRIPTS.items()]

@@ -12,9 +12,13 @@ An :class:`Upstream` turns waveforms into hidden states, every layer from one fo
   up to float rounding, ~1e-6).
 
 Upstreams are found through a registry (:func:`register_upstream`, :func:`upstream_for_model`,
-:func:`load_upstream`): each registered class says which models it ``accepts``; more kinds
-(PASE, spectral front-ends) register themselves the same way. :class:`ChunkedReader` adds what
-the HuBERT-feature dumper needs on top (fairseq's ``max_chunk`` split, length-sorted batches).
+:func:`load_upstream`): each registered class says which models it ``accepts``. Kinds beyond
+HuBERT live in :mod:`fairseq_ext.upstreams` (PASE / PASE+, the log-Mel front-end) and register
+themselves the same way. Upstreams that need no checkpoint are *named*
+(:func:`register_named_upstream`): ``load_upstream("logmel")`` or ``load_upstream("logmel:n_mels=80")``
+builds one (a name that is not an existing file; options ``key=value`` after ``:``, comma-separated).
+:class:`ChunkedReader` adds what the HuBERT-feature dumper needs on top (fairseq's ``max_chunk``
+split, length-sorted batches).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ MIN_FILL = 0.75
 
 UPSTREAMS: Dict[str, Type["Upstream"]] = {}
 """Registered upstream kinds by name, tried in registration order by :func:`upstream_for_model`."""
+
+NAMED_UPSTREAMS: Dict[str, Callable[..., "Upstream"]] = {}
+"""Upstreams built without a checkpoint, by name: ``factory(**options) -> Upstream`` (see :func:`load_upstream`)."""
 
 
 class Upstream:
@@ -128,25 +135,73 @@ def register_upstream(name: str) -> Callable[[Type[Upstream]], Type[Upstream]]:
     return add
 
 
+def register_named_upstream(name: str) -> Callable[[Callable[..., Upstream]], Callable[..., Upstream]]:
+    """Decorator: make ``factory(**options) -> Upstream`` loadable as ``load_upstream("name:key=value,...")``.
+
+    Option values arrive as strings; the factory converts them (see :func:`parse_upstream_name`).
+    """
+    if not name.isidentifier():
+        raise ValueError(f"upstream name {name!r} must be an identifier")
+
+    def add(factory: Callable[..., Upstream]) -> Callable[..., Upstream]:
+        if name in NAMED_UPSTREAMS and NAMED_UPSTREAMS[name] is not factory:
+            raise ValueError(f"named upstream {name!r} is registered twice")
+        NAMED_UPSTREAMS[name] = factory
+        return factory
+    return add
+
+
+def _register_kinds() -> None:
+    """Import the upstream kinds beyond HuBERT (they register themselves)."""
+    import fairseq_ext.upstreams  # noqa: F401
+
+
+def parse_upstream_name(spec: str) -> Tuple[str, Dict[str, str]]:
+    """``"logmel:n_mels=80,n_fft=400"`` -> ``("logmel", {"n_mels": "80", "n_fft": "400"})``."""
+    name, _, rest = spec.partition(":")
+    options: Dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UserError(f"upstream {spec!r}: option {item!r} is not key=value "
+                            f"(write e.g. {name}:n_mels=80,n_fft=400)")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def upstream_for_model(model: torch.nn.Module, normalize: bool = False, sample_rate: int = 16000) -> Upstream:
     """The registered upstream that reads ``model`` (the first whose ``accepts`` is True)."""
+    _register_kinds()
     for cls in UPSTREAMS.values():
         if cls.accepts(model):
             return cls(model, normalize=normalize, sample_rate=sample_rate)
     raise UserError(f"{type(model).__name__} is not a model whose layer features can be read "
-                    f"(known kinds: {', '.join(UPSTREAMS)}); use a HuBERT-family checkpoint")
+                    f"(known kinds: {', '.join(UPSTREAMS)}); use a HuBERT-family, PASE or speaker/KWS "
+                    f"checkpoint")
 
 
 def load_upstream(ckpt_path: str, device: str = "cpu", trusted: bool = False) -> Upstream:
-    """Load ``ckpt_path`` with :func:`fairseq_ext.load_model` and wrap it in its registered upstream.
+    """A checkpoint file or a named upstream, wrapped in its registered upstream kind.
 
-    The task's ``normalize`` and ``sample_rate`` come with it. Raises :class:`UserError` for a
-    missing or unloadable file and for models no upstream accepts.
+    ``ckpt_path`` that is an existing file is loaded with :func:`fairseq_ext.load_model` (the task's
+    ``normalize`` and ``sample_rate`` come with it); otherwise it is read as ``name[:key=value,...]``
+    of :data:`NAMED_UPSTREAMS` (e.g. ``logmel:n_mels=80``). Raises :class:`UserError` for a missing
+    file that is no known name (listing the names), an unloadable file, and models no upstream accepts.
     """
     from fairseq_ext.checkpoint import CheckpointError, load_model
 
+    _register_kinds()
     if not Path(ckpt_path).is_file():
-        raise UserError(f"checkpoint {ckpt_path} does not exist")
+        if str(ckpt_path).partition(":")[0].strip() in NAMED_UPSTREAMS:
+            name, options = parse_upstream_name(str(ckpt_path))
+            try:
+                upstream = NAMED_UPSTREAMS[name](**options)
+            except TypeError as e:
+                raise UserError(f"upstream {ckpt_path!r}: {e}") from None
+            upstream.model.to(device)
+            return upstream
+        raise UserError(f"checkpoint {ckpt_path} does not exist, and it is no named upstream "
+                        f"(names: {', '.join(sorted(NAMED_UPSTREAMS))}, e.g. logmel:n_mels=80)")
     try:
         model, _, task = load_model(ckpt_path, device=device, trusted=trusted)
     except (FileNotFoundError, CheckpointError) as e:

@@ -53,7 +53,7 @@ def main(ckpt: str, data: str, split: str = "test", out: Optional[str] = None, b
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    overrides = {"data": data}
+    overrides = {"data": data, "feature_cache": ""}  # never write into the training run's cache
     if upstream:
         overrides["upstream"] = upstream
     try:

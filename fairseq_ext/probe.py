@@ -347,7 +347,7 @@ def report_text(report: dict) -> str:
              f"{report['n_utterances']} utterances from {report['manifest']}"]
     if "spk_acc" in first:
         lines.append(f"speaker probe: {first['n_speakers']} speakers, {first['n_train']} train / "
-                     f"{first['n_test']} test utterances, chance {first['spk_chance']:.4f}")
+                     f"{first['n_test']} test utterances, chance {first['spk_chance']:.4f} (majority speaker's share)")
     if any(k in first for k in ("pnmi", "spk_purity")):
         lines.append(f"k-means: {report['options']['n_clusters']} clusters per layer")
     return "\n".join(lines) + "\n" + format_table(results)

@@ -6,7 +6,9 @@ updates: it skips a finished run, resumes an interrupted or shorter one from
 ``checkpoint_last.pt`` (fairseq's own resume), and refuses (or, with ``restart=True``, starts
 over) when the checkpoint was made with other settings or inputs than this run's (its identity,
 kept in the stamp ``run_dir/.stamps/train.json``). :func:`parse_log` reads fairseq's JSON log
-records (``train_inner``, ``train``, ``valid``) back from the log.
+records (``train_inner``, ``train``, ``valid``) back from the log; while the run goes,
+:func:`run_logged` follows them into a progress bar over updates (loss, valid loss, rate) on a
+terminal (or with ``$FAIRSEQ_EXT_PROGRESS=1``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,67 @@ def parse_log(text: str) -> List[Dict]:
         if m:
             out.append({"kind": m.group(1), **json.loads(m.group(2))})
     return out
+
+
+def _progress_fields(record: Dict) -> Dict[str, str]:
+    """A log record's fields for the progress bar: ``num_updates``, ``loss`` (or ``valid_loss``).
+
+    fairseq prefixes the keys of ``train`` and ``valid`` records with their kind (``valid_loss``).
+    The bar's own rate (updates per second since the start) stands for the speed.
+    """
+    kind = record["kind"]
+    plain = {k[len(kind) + 1:] if k.startswith(kind + "_") else k: v for k, v in record.items()}
+    out = {k: str(plain[k]) for k in ("num_updates",) if k in plain}
+    if "loss" in plain:
+        out["valid_loss" if kind == "valid" else "loss"] = str(plain["loss"])
+    return out
+
+
+def run_logged(cmd: Sequence[str], cwd: Path, env: Optional[Dict[str, str]], log, log_path: Path, done: int,
+               max_update: int, timeout: Optional[float], name: str, poll: float = 1.0) -> Optional[int]:
+    """Run ``cmd`` with its output appended to ``log`` (open on ``log_path``) and show its progress.
+
+    The JSON records fairseq writes to the log are followed as they appear: a bar over updates
+    (``done`` to ``max_update``, with its rate and time left) showing the last loss and valid loss (see
+    :func:`fairseq_ext.base.cli.progress`: shown when stderr is a terminal or
+    ``$FAIRSEQ_EXT_PROGRESS=1``). Returns the exit status, or None when ``timeout`` seconds passed
+    (the process is then killed). Ctrl-C stops the process too.
+    """
+    from fairseq_ext.base.cli import progress
+
+    reader = open(log_path, "r", errors="replace")
+    reader.seek(0, os.SEEK_END)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending, fields = "", {}
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    bar = progress(total=max_update, initial=done, desc=name, unit="upd", leave=True)
+    try:
+        while True:
+            try:
+                returncode: Optional[int] = proc.wait(timeout=poll)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            pending += reader.read()
+            *lines, pending = pending.split("\n")
+            for record in parse_log("\n".join(lines)):
+                fields.update(_progress_fields(record))
+                updates = min(int(float(fields.pop("num_updates", bar.n))), max_update)
+                bar.update(max(updates - bar.n, 0))
+                bar.set_postfix(fields, refresh=False)
+            bar.refresh()
+            if returncode is not None:
+                return returncode
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                return None
+    except BaseException:  # Ctrl-C or an error here: never leave the trainer running
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        bar.close()
+        reader.close()
 
 
 def checkpoint_updates(ckpt: Path) -> int:
@@ -173,17 +236,15 @@ def _train_locked(run_dir: Path, config_dir: Path, config_name: str, overrides: 
         with open(log_path, "a") as log:
             log.write(("\n" if log.tell() else "") + f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
             log.flush()
-            try:
-                proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=timeout)
-            except subprocess.TimeoutExpired:
+            returncode = run_logged(cmd, run_dir, env, log, log_path, done, max_update, timeout, name)
+            if returncode is None:
                 raise UserError(f"{name}: training did not finish in {timeout:.0f} s; rerun to resume "
-                                f"from {ckpt}") from None
+                                f"from {ckpt}")
         seconds += time.perf_counter() - start
         write_stamp(stamp_path, sig, seconds=round(seconds, 1), command=cmd)
-        if proc.returncode != 0:
+        if returncode != 0:
             tail = log_path.read_text().splitlines()[-25:]
-            raise UserError(f"{name}: fairseq-hydra-train failed with status {proc.returncode}; last lines "
+            raise UserError(f"{name}: fairseq-hydra-train failed with status {returncode}; last lines "
                             f"of {log_path}:\n" + "\n".join(tail))
         done = checkpoint_updates(ckpt) if ckpt.exists() else 0
         if done < max_update:

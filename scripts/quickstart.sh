@@ -16,4 +16,5 @@ bash scripts/setup_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 PY=${PYTHON:-python3}
 "$PY" -m simple_kmeans.pipeline --demo demo --espnet
+echo "[quickstart] pre-training dhubert_tiny: a progress bar follows the updates (fairseq's own log: demo/dhubert/run/train.log)"
 "$PY" scripts/demo_pretrain.py demo "$@"

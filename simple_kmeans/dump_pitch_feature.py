@@ -1,4 +1,4 @@
-"""Usage: dump_pitch_feature.py tsv_dir split nshard rank feat_dir [--frame-rate 50|100]
+"""Usage: dump_pitch_feature.py tsv_dir split nshard rank feat_dir [--frame-rate 100|50]
                                   [--f0-floor 60] [--f0-ceil 400] [--method dio|harvest] [--skip-bad]
 
 Dump frame-level pitch features (log F0, voicing) of one shard of a manifest, on the frame
@@ -22,7 +22,8 @@ nshard and rank may be `env` ($SLURM_ARRAY_TASK_COUNT / $SLURM_ARRAY_TASK_ID, el
 $RANK; see docs/cluster.md). With --skip-bad, unreadable or mismatching audio files are left out
 and listed in {split}_{rank}_{nshard}.skipped.tsv instead of stopping the job.
 
-Frame grids (16 kHz, n samples):
+Frame grids (16 kHz, n samples); the default, 100, is the ``pitch_rate`` of the shipped dhubert
+configs (config/pretrain/dhubert_*.yaml) and of the demo; use 50 with ``task.pitch_rate=50``:
   --frame-rate 100: the MFCC grid (kaldi, 25 ms window, 10 ms shift, snip_edges):
                     1 + (n - 400) // 160 frames (0 when n < 400), frame k centred on
                     sample 160 k + 200.
@@ -60,6 +61,7 @@ logger = logging.getLogger("dump_pitch_feature")
 SAMPLE_RATE = 16000
 METHODS = ("dio", "harvest")
 ANALYSIS_HOP = 40  # WORLD analysis period in samples (2.5 ms at 16 kHz)
+DEFAULT_FRAME_RATE = 100  # the pitch_rate of the shipped dhubert configs and of the demo
 
 
 # --------------------------------------------------------------------------- pitch
@@ -97,7 +99,7 @@ class PitchExtractor:
         method: ``"dio"`` or ``"harvest"``.
     """
 
-    def __init__(self, frame_rate: int = 50, f0_floor: float = 60.0, f0_ceil: float = 400.0,
+    def __init__(self, frame_rate: int = DEFAULT_FRAME_RATE, f0_floor: float = 60.0, f0_ceil: float = 400.0,
                  method: str = "dio", sample_rate: int = SAMPLE_RATE):
         if frame_rate not in FRAME_RATES:
             raise UserError(f"--frame-rate must be one of {FRAME_RATES}, got {frame_rate}")
@@ -189,8 +191,9 @@ class PitchFeature(ShardFeature):
 # --------------------------------------------------------------------------- main
 
 
-def main(tsv_dir: str, split: str, nshard: ShardArg, rank: ShardArg, feat_dir: str, frame_rate: int = 50,
-         f0_floor: float = 60.0, f0_ceil: float = 400.0, method: str = "dio", skip_bad: bool = False) -> Path:
+def main(tsv_dir: str, split: str, nshard: ShardArg, rank: ShardArg, feat_dir: str,
+         frame_rate: int = DEFAULT_FRAME_RATE, f0_floor: float = 60.0, f0_ceil: float = 400.0,
+         method: str = "dio", skip_bad: bool = False) -> Path:
     """Dump one shard (see the module docstring); returns the ``.npy`` path.
 
     ``nshard`` / ``rank`` may be ``"env"`` (:func:`fairseq_ext.base.shards.resolve_shard`).
@@ -222,8 +225,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("rank", type=shard_arg,
                         help="shard to process, 0 <= rank < nshard, or 'env' ($SLURM_ARRAY_TASK_ID, else $RANK)")
     parser.add_argument("feat_dir", help="output folder")
-    parser.add_argument("--frame-rate", type=int, default=50, choices=FRAME_RATES,
-                        help="label frame rate: 50 = HuBERT CNN frames, 100 = MFCC frames (default 50)")
+    parser.add_argument("--frame-rate", type=int, default=DEFAULT_FRAME_RATE, choices=FRAME_RATES,
+                        help="pitch frame rate: 100 = MFCC frames (default: the dhubert configs' pitch_rate), "
+                             "50 = HuBERT CNN frames (then set task.pitch_rate=50)")
     parser.add_argument("--f0-floor", type=float, default=60.0, help="lowest F0 searched, Hz (default 60)")
     parser.add_argument("--f0-ceil", type=float, default=400.0, help="highest F0 searched, Hz (default 400)")
     parser.add_argument("--method", default="dio", choices=METHODS,

@@ -1,5 +1,5 @@
 """Usage: python simple_kmeans/learn_kmeans.py FEAT_DIR SPLIT NSHARD KM_PATH N_CLUSTERS
-           [--seed 0] [--percent -1] [--backend sklearn|faiss|torch] [--max-memory GB] [--threads N]
+           [--seed 0] [--percent -1] [--backend faiss|sklearn|torch] [--max-memory GB] [--threads N]
            [--init k-means++] [--max_iter 100] [--batch_size 10000] [--tol 0.0]
            [--max_no_improvement 100] [--n_init 20] [--reassignment_ratio 0.0]
            [--niter 30] [--seed-sample 30000] [--max-points-per-centroid 2048]
@@ -10,16 +10,18 @@ FEAT_DIR) and save the model to KM_PATH with joblib, like fairseq's
 examples/hubert/simple_kmeans/learn_kmeans.py (same positional arguments and options).
 
 Backends:
-  sklearn  fairseq's MiniBatchKMeans settings exactly (same centroids as fairseq for a seed).
-  faiss    k-means++ seeding on --seed-sample frames, then --niter faiss Lloyd iterations on the
-           sampled frames (at most K x --max-points-per-centroid of them): several times faster,
-           at the same or lower inertia (benchmarks/bench_kmeans.py).
+  faiss    (the default, as in the label pipeline) k-means++ seeding on --seed-sample frames, then
+           --niter faiss Lloyd iterations on the sampled frames (at most K x
+           --max-points-per-centroid of them): 7-12x faster than fairseq's script, at the same or
+           lower inertia (BENCHMARKS.md, benchmarks/bench_kmeans.py).
+  sklearn  fairseq's MiniBatchKMeans settings exactly: the same centroids as fairseq's
+           learn_kmeans.py for a seed (use it to reproduce fairseq's labels bit for bit).
   torch    the faiss backend's k-means++ seeding, then --niter Lloyd iterations in torch over all
            sampled frames, on CUDA when available (--device auto, the default), else on the CPU
            (--device cpu|cuda|cuda:N to choose). Distances are computed --chunk-size frames at a time,
            so the device holds only the centroids and one chunk besides the data; on a GPU the data
            stay there when they fit in half its free memory.
-  sklearn --stream
+  sklearn --stream  (--stream alone means this)
            for data larger than memory: nothing is loaded; MiniBatchKMeans.partial_fit streams
            over every sampled frame in mini-batches of --batch_size frames read from the shards
            (--stream-passes passes), from k-means++ centroids of --seed-sample frames. Memory
@@ -166,7 +168,7 @@ def _fit_torch_streaming(feat_dir: str, split: str, nshard: int, km_path: str, n
 def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, seed: int = 0,
          percent: float = -1.0, init: str = "k-means++", max_iter: int = 100, batch_size: int = 10000,
          tol: float = 0.0, max_no_improvement: int = 100, n_init: int = 20,
-         reassignment_ratio: float = 0.0, backend: str = "sklearn", max_memory: Optional[float] = None,
+         reassignment_ratio: float = 0.0, backend: Optional[str] = None, max_memory: Optional[float] = None,
          niter: int = backends.FAISS_NITER, seed_sample: int = backends.FAISS_SEED_SAMPLE,
          max_points_per_centroid: int = backends.FAISS_MAX_POINTS_PER_CENTROID,
          threads: Optional[int] = None, stream: bool = False, stream_passes: int = 1,
@@ -176,8 +178,11 @@ def main(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int, 
     With ``stream``, the frames are not loaded: with the sklearn backend mini-batch k-means streams
     over them ``stream_passes`` times (:mod:`fairseq_ext.kmeans.stream`); with the torch backend
     each Lloyd iteration reads them chunk by chunk (:mod:`fairseq_ext.kmeans.torch_lloyd`).
-    ``device`` and ``chunk_size`` are the torch backend's.
+    ``device`` and ``chunk_size`` are the torch backend's. ``backend`` None: faiss, or sklearn with
+    ``stream``.
     """
+    if backend is None:
+        backend = "sklearn" if stream else "faiss"
     if backend not in backends.BACKENDS:
         raise UserError(f"unknown --backend {backend!r}; use one of {backends.BACKENDS}")
     if n_clusters < 1:
@@ -252,9 +257,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--percent", default=-1.0, type=float,
                    help="fraction of utterances of each shard to sample; -1 for all (default)")
-    p.add_argument("--backend", default="sklearn", choices=backends.BACKENDS,
-                   help="sklearn: fairseq's MiniBatchKMeans (default); faiss: k-means++ + faiss Lloyd, faster; "
-                        "torch: k-means++ + torch Lloyd, on a GPU when there is one")
+    p.add_argument("--backend", default=None, choices=backends.BACKENDS,
+                   help="faiss: k-means++ + faiss Lloyd, several times faster at the same or lower inertia "
+                        "(default; sklearn with --stream); sklearn: fairseq's MiniBatchKMeans, the same "
+                        "centroids as fairseq's learn_kmeans.py for a seed; torch: k-means++ + torch Lloyd, "
+                        "on a GPU when there is one")
     p.add_argument("--max-memory", "--max_memory", dest="max_memory", type=float, default=None,
                    metavar="GB", help="memory bound for the training sample (default: half the machine's)")
     p.add_argument("--threads", type=int, default=None, help="BLAS/OpenMP threads (default: all cores)")

@@ -135,16 +135,22 @@ def _fmt(v) -> str:
 
 QUALITY_NAMES = {
     "ref pur": "phone purity (ref pur)", "hyp pur": "cluster purity (hyp pur)",
-    "MI/H(ref)": "PNMI (MI/H(ref))",
+    "H(ref)": "H(ref), nats", "H(hyp)": "H(hyp), nats", "MI": "MI, nats",
+    "MI/H(ref)": "PNMI (MI/H(ref))", "ref segL": "ref segL, frames", "hyp segL": "hyp segL, frames",
 }
+"""Report names of fairseq's metrics, with units (fairseq computes its entropies in nats)."""
+STATS_NAMES = {"entropy (bits)": "entropy, bits", "perplexity": "perplexity (2^entropy)",
+               "avg segment length": "avg segment length, frames"}
+"""Report names of the label statistics, with units (entropy in bits: log2 K is its maximum)."""
 
 
 def format_report(report: Dict[str, object]) -> str:
     """Readable two-column tables of a report made by :func:`main`."""
     out = []
-    sections = [("stats", "Label statistics", report["labels"], {})]
+    sections = [("stats", "Label statistics", report["labels"], STATS_NAMES)]
     if report.get("quality"):
-        sections.append(("quality", "Quality against the reference", report["reference"], QUALITY_NAMES))
+        sections.append(("quality", "Quality against the reference (fairseq's metrics: entropies in nats)",
+                         report["reference"], QUALITY_NAMES))
     for key, title, source, names in sections:
         rows = [(names.get(k, k), _fmt(v)) for k, v in report[key].items()]
         width = max(len(k) for k, _ in rows)

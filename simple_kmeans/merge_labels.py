@@ -7,7 +7,10 @@ Merge the label shards ``{LAB_DIR}/{SPLIT}_{rank}_{NSHARD}.km`` (rank order) int
 ``task.label_dir=LAB_DIR task.labels='["km"]'``.
 
 This is fairseq's ``cat {split}_*_{nshard}.km > {split}.km`` with checks that ``cat`` lacks:
-  * a missing shard, a non-integer or out-of-range label is an error naming the file and line;
+  * a missing shard, an empty line, a non-integer or out-of-range label is an error naming the file
+    and line (always on);
+  * the manifest and feature checks below also run without their options when their files are in
+    LAB_DIR (``{SPLIT}.tsv``, ``{SPLIT}_{rank}_{NSHARD}.len``: fairseq's layout with one data folder);
   * with ``--tsv-dir``, each shard must have exactly as many lines as its part of
     ``{tsv-dir}/{SPLIT}.tsv`` (fairseq's shard ranges), so the labels line up with the audio;
     with ``--feat-dir`` too, minus the files that --skip-bad dumps left out (the shards'
@@ -80,6 +83,10 @@ def scan_label_file(path: Path) -> Dict[str, object]:
         raise UserError(f"label shard {path} does not exist: run dump_km_label for this shard")
     lines = path.read_bytes().splitlines()
     lengths = np.fromiter((len(line.split()) for line in lines), dtype=np.int64, count=len(lines))
+    empty = np.nonzero(lengths == 0)[0]
+    if len(empty):
+        raise UserError(f"{path}:{int(empty[0]) + 1}: an empty line ({len(empty)} in this file): every utterance "
+                        f"needs its labels (fairseq would fail on it later); redo dump_km_label for this shard")
     lo, hi = None, None
     for start in range(0, len(lines), BLOCK_LINES):
         values = _parse_block(path, start + 1, lines[start:start + BLOCK_LINES])
@@ -117,6 +124,13 @@ def main(lab_dir: str, split: str, nshard: int, tsv_dir: Optional[str] = None,
         "n_skipped": int, "skipped_reports": [Path], "kept_manifest": Path | None}``.
     """
     lab_dir_p = Path(lab_dir)
+    if tsv_dir is None and manifest_path(lab_dir_p, split).is_file():  # labels beside their manifest
+        tsv_dir = str(lab_dir_p)
+        logger.info("checking line counts against %s", manifest_path(lab_dir_p, split))
+    if feat_dir is None and nshard >= 1 and all(feat_paths(lab_dir_p, split, r, nshard)[1].is_file()
+                                                for r in range(nshard)):
+        feat_dir = str(lab_dir_p)  # features dumped into the label folder
+        logger.info("checking labels per utterance against %s/%s_*_%d.len", lab_dir_p, split, nshard)
     if kept_manifest_dir and not (tsv_dir and feat_dir):
         raise UserError("--kept-manifest-dir needs --tsv-dir (the manifest the features were dumped from) "
                         "and --feat-dir (where the dumps listed the skipped files)")

@@ -22,8 +22,13 @@ Reruns: every unit of work (a step, or one shard of a step) records, after its o
 been renamed into place, a stamp OUT_DIR/.stamps/<unit>.json holding a hash of its inputs and
 settings. A unit is skipped ("skipping ...") when its stamp matches and all its outputs exist;
 an interrupted unit has no stamp and is redone; a deleted output redoes only its unit; changed
-settings or inputs (new audio files, another K, ...) redo the units they affect. --force redoes
-everything.
+settings or inputs (new audio files, another K, ...) redo the units they affect. An audio file's
+identity is its size, modification time and a hash of three 64 KiB blocks (start, middle, end), so
+audio rewritten in place with the same length is redone too. After a run, the files an earlier run
+with other options left in feat/, labels/, kept_manifest/ and espnet/ (shards of another --nshard,
+--skip-bad reports) are removed, with their stamps: the folder describes this run only. --force
+redoes everything. The folder is locked while a run (its worker processes included) is alive;
+workers die with the run, even on kill -9.
 
 --skip-bad leaves unusable audio out instead of stopping: at the manifest step (unreadable,
 wrong channels or rate; listed in OUT_DIR/manifest/bad_files.tsv) and at the feature step (files
@@ -41,6 +46,7 @@ the quality report; it takes a few seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -49,14 +55,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from fairseq_ext.base.atomic import atomic_output
+from fairseq_ext.base.atomic import atomic_output, check_writable_dir
 from fairseq_ext.base.bad_audio import count_skipped, skipped_path
-from fairseq_ext.base.cli import run_cli
+from fairseq_ext.base.cli import quiet_loggers, run_cli
 from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.manifest import read_manifest
 from fairseq_ext.base.shards import feat_paths, label_path
 from fairseq_ext.base.steps import (
-    Runner, Unit, digest, file_digest, file_fingerprint, folder_lock, func_name, quiet_loggers,
+    Runner, Unit, digest, file_digest, file_fingerprint, folder_lock, func_name,
 )
 
 logger = logging.getLogger("pipeline")
@@ -84,15 +90,31 @@ def _quality_step(tsv_dir: str, lab_dir: str, splits: List[str], phones: Optiona
         f.write(measure_quality.format_report(report))
 
 
-def _list_audio(root: Path, ext: str) -> List:
-    """(relpath, size, mtime) of the audio files the manifest step would see: its input fingerprint."""
+def _identity(path: str, cache: Optional[Dict[str, object]] = None):
+    """:func:`file_fingerprint` of an audio file ("missing" when it cannot be read: the dumper then
+    names it, or --skip-bad leaves it out); ``cache`` (one run's) reads each file once per run."""
+    if cache is not None and path in cache:
+        return cache[path]
+    try:
+        value = file_fingerprint(path)
+    except OSError:
+        value = "missing"
+    if cache is not None:
+        cache[path] = value
+    return value
+
+
+def _list_audio(root: Path, ext: str, cache: Optional[Dict[str, object]] = None) -> List:
+    """(relpath, identity) of the audio files the manifest step would see: its input fingerprint."""
     from simple_kmeans.manifest import find_audio, parse_extensions
 
-    out = []
-    for rel in find_audio(root, parse_extensions(ext)):
-        st = os.stat(root / rel)
-        out.append([rel, st.st_size, st.st_mtime_ns])
-    return out
+    return [[rel, _identity(os.path.join(root, rel), cache)] for rel in find_audio(root, parse_extensions(ext))]
+
+
+def audio_signature(manifest, cache: Optional[Dict[str, object]] = None) -> str:
+    """Identity of the audio a manifest lists (:func:`file_fingerprint` of each file): part of every
+    feature unit's signature, so audio rewritten in place (same length, same manifest) is redone."""
+    return digest([_identity(manifest.audio_path(e), cache) for e in manifest.entries])
 
 
 def feature_signature(manifest_sig: str, func: str, feature_kwargs: Dict[str, object], extra: Dict[str, object],
@@ -147,6 +169,12 @@ class LabelPipeline:
         self.man_dir = Path(cfg.tsv_dir).resolve() if cfg.tsv_dir else cfg.out / "manifest"
         # the manifest the labels follow line for line: with --skip-bad, the one without the skipped files
         self.data_dir = cfg.out / "kept_manifest" if cfg.skip_bad else self.man_dir
+        self.units: List[Unit] = []  # every unit of this run, done or skipped: what the folder holds after it
+        self.identities: Dict[str, object] = {}  # audio path -> file_fingerprint, read once per run
+
+    def _run(self, units: List[Unit], parallel: bool = False) -> None:
+        self.units += units
+        self.runner.run(units, parallel=parallel)
 
     def corpus(self) -> None:
         from simple_kmeans import make_demo_corpus
@@ -154,8 +182,8 @@ class LabelPipeline:
         corpus = self.cfg.out / "corpus"
         kw = {"out_dir": str(corpus), "n_speakers": DEMO["n_speakers"],
               "utts_per_speaker": DEMO["utts_per_speaker"], "seed": DEMO["seed"]}
-        self.runner.run([Unit("corpus", make_demo_corpus.main, kw,
-                              [corpus / "phones.tsv", corpus / "speakers.tsv", corpus / "f0.tsv"])])
+        self._run([Unit("corpus", make_demo_corpus.main, kw,
+                        [corpus / "phones.tsv", corpus / "speakers.tsv", corpus / "f0.tsv"])])
         self.cfg.audio_root = str(corpus / "wav")
         self.cfg.phones = self.cfg.phones or str(corpus / "phones.tsv")
         if self.cfg.valid_percent is None:
@@ -174,12 +202,12 @@ class LabelPipeline:
                   "seed": cfg.seed, "sample_rate": cfg.sample_rate, "min_samples": cfg.min_samples,
                   "skip_bad": cfg.skip_bad}
             outputs = [self.man_dir / "train.tsv"] + ([self.man_dir / "valid.tsv"] if vp > 0 else [])
-            self.runner.run([Unit("manifest", manifest.main, kw, outputs,
-                                  {"audio": digest(_list_audio(root, cfg.ext))})])
+            self._run([Unit("manifest", manifest.main, kw, outputs,
+                            {"audio": digest(_list_audio(root, cfg.ext, self.identities))})])
         self.splits = [s for s in ("train", "valid") if (self.man_dir / f"{s}.tsv").is_file()]
         if "train" not in self.splits:
             raise UserError(f"{self.man_dir}/train.tsv does not exist")
-        manifests = {s: read_manifest(self.man_dir / f"{s}.tsv") for s in self.splits}
+        self.manifests = manifests = {s: read_manifest(self.man_dir / f"{s}.tsv") for s in self.splits}
         self.shards = {s: min(cfg.nshard, len(m)) for s, m in manifests.items()}
         audio_s = sum(e.n_samples for m in manifests.values() for e in m.entries) / cfg.sample_rate
         self.parallel = audio_s >= PARALLEL_MIN_AUDIO_S
@@ -209,9 +237,11 @@ class LabelPipeline:
             report = [skipped_path(self.feat_dir, s, r, n)] if cfg.skip_bad else []
             return list(feat_paths(self.feat_dir, s, r, n)) + report
 
-        self.feat_sig = {s: feature_signature(self.man_sig[s], func_name(func), fkw, extra, self.shards[s])
+        audio = {s: audio_signature(self.manifests[s], self.identities) for s in self.splits}
+        self.feat_sig = {s: feature_signature(self.man_sig[s], func_name(func), fkw, {**extra, "audio": audio[s]},
+                                              self.shards[s])
                          for s in self.splits}
-        self.runner.run([
+        self._run([
             Unit(f"features/{s}_{r}_{n}", func, {"tsv_dir": str(self.man_dir), "split": s, "nshard": n, "rank": r,
                                                  "feat_dir": str(self.feat_dir), **fkw},
                  outputs(s, r, n), {"features": self.feat_sig[s]})
@@ -226,13 +256,13 @@ class LabelPipeline:
               "percent": cfg.percent, "backend": cfg.backend}
         unit = Unit("kmeans", learn_kmeans.main, kw, [self.km_path],
                     {"features": self.feat_sig["train"]})
-        self.runner.run([unit])
+        self._run([unit])
         self.lab_sig = {s: label_signature(self.feat_sig[s], unit.signature) for s in self.splits}
 
     def labels(self) -> None:
         from simple_kmeans import dump_km_label
 
-        self.runner.run([
+        self._run([
             Unit(f"labels/{s}_{r}_{n}", dump_km_label.main,
                  {"feat_dir": str(self.feat_dir), "split": s, "km_path": str(self.km_path), "nshard": n,
                   "rank": r, "lab_dir": str(self.lab_dir)},
@@ -243,7 +273,7 @@ class LabelPipeline:
         from simple_kmeans import merge_labels
 
         kept = {"kept_manifest_dir": str(self.data_dir)} if self.cfg.skip_bad else {}
-        self.runner.run([
+        self._run([
             Unit(f"merge/{s}", merge_labels.main,
                  {"lab_dir": str(self.lab_dir), "split": s, "nshard": self.shards[s], "tsv_dir": str(self.man_dir),
                   "feat_dir": str(self.feat_dir), "n_clusters": self.cfg.n_clusters, **kept},
@@ -259,8 +289,8 @@ class LabelPipeline:
               "upsample": 100 // LABEL_RATE[cfg.feature], "n_clusters": cfg.n_clusters,
               "json_path": str(out / "quality.json"), "txt_path": str(out / "quality.txt")}
         inputs = {"labels": self.merged_sig, "phones": file_digest(cfg.phones) if cfg.phones else None}
-        self.runner.run([Unit("quality", _quality_step, kw,
-                              [out / "quality.json", out / "quality.txt"], inputs)])
+        self._run([Unit("quality", _quality_step, kw,
+                        [out / "quality.json", out / "quality.txt"], inputs)])
 
     def espnet(self) -> None:
         from simple_kmeans import export_espnet
@@ -268,9 +298,9 @@ class LabelPipeline:
         esp = self.cfg.out / "espnet"
         kw = {"tsv_dir": str(self.data_dir), "lab_dir": str(self.lab_dir), "split": self.splits,
               "out_dir": str(esp), "n_clusters": self.cfg.n_clusters, "uid_style": self.cfg.uid_style}
-        outputs = [esp / "tokens.txt"] + [esp / s / "text" for s in self.splits]
-        self.runner.run([Unit("espnet", export_espnet.main, kw, outputs,
-                              {"labels": self.merged_sig})])
+        outputs = [esp / "tokens.txt"] + [esp / s / f for s in self.splits for f in ("text", "wav.scp", "utt2num_samples")]
+        self._run([Unit("espnet", export_espnet.main, kw, outputs,
+                        {"labels": self.merged_sig})])
 
     def run(self) -> None:
         if self.cfg.demo:
@@ -283,6 +313,35 @@ class LabelPipeline:
         self.quality()
         if self.cfg.espnet:
             self.espnet()
+
+    def prune(self) -> None:
+        """Delete what earlier runs with other options left and this run did not make, so that the folder
+        describes one run: shards of another --nshard, the reports and kept_manifest/ of a --skip-bad run,
+        an --espnet export, and the stamps of units this run does not have."""
+        out = self.cfg.out
+        keep = {Path(p).resolve() for u in self.units for p in u.outputs}
+        names = {self.runner.stamp_path(u).name for u in self.units}
+        derived = [self.feat_dir, self.lab_dir, out / "kept_manifest", out / "espnet"]
+        removed = []
+        for folder in derived:
+            if not folder.is_dir() or folder.resolve() == self.man_dir.resolve():
+                continue
+            for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+                if path.is_dir():
+                    with contextlib.suppress(OSError):
+                        path.rmdir()  # only when empty
+                elif path.resolve() not in keep:
+                    path.unlink()
+                    removed.append(path)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        stamp_dir = self.runner.stamp_dir
+        for stamp in sorted(stamp_dir.glob("*.json")) if stamp_dir.is_dir() else []:
+            if stamp.name not in names:
+                stamp.unlink()
+        if removed:
+            logger.info("removed %d file(s) of an earlier run with other options (e.g. %s)", len(removed),
+                        removed[0])
 
     def skipped_files(self) -> Dict[str, object]:
         """Files left out by --skip-bad: ``{"manifest": n, "features": n, "reports": [Path]}``."""
@@ -349,14 +408,16 @@ def main(audio_root: Optional[str] = None, out_dir: Optional[str] = None, demo: 
 
     quiet_loggers()
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out)  # a read-only or uncreatable folder: a sentence, before any work
     cfg = Settings(out, audio_root, tsv_dir, bool(demo), feature, ckpt, layer, max_chunk, nshard, n_clusters,
                    backend, percent, seed, valid_percent, ext, sample_rate, min_samples, skip_bad, phones,
                    espnet, uid_style)
     jobs = jobs or min(nshard, os.cpu_count() or 1)
-    with folder_lock(out, "running fairseq-ext-labels"), Runner(out, jobs=jobs, force=force) as runner:
+    with folder_lock(out, "running fairseq-ext-labels") as lock, \
+            Runner(out, jobs=jobs, force=force, lock=lock) as runner:
         pipe = LabelPipeline(cfg, runner)
         pipe.run()
+        pipe.prune()
     report_text = (out / "quality.txt").read_text()
     command = pipe.training_command()
     bad = pipe.skipped_files()

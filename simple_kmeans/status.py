@@ -205,7 +205,7 @@ def _infer_nshard(stamps: Dict[str, dict], feat_dir: Path, split: str) -> Option
 def _expected_features(stamp: Optional[dict], manifest: Manifest, nshard: int) -> Optional[dict]:
     """The ``inputs`` a feature unit's stamp must hold for the manifest's current content (None when
     the stamp does not say which dumper made it: stamps written before they named it)."""
-    from simple_kmeans.pipeline import SHARD_KWARGS, feature_signature
+    from simple_kmeans.pipeline import SHARD_KWARGS, audio_signature, feature_signature
 
     if not stamp or "func" not in stamp:
         return None
@@ -215,6 +215,7 @@ def _expected_features(stamp: Optional[dict], manifest: Manifest, nshard: int) -
         if not Path(settings["ckpt_path"]).is_file():
             return {"features": None}
         extra = {"ckpt": file_fingerprint(settings["ckpt_path"])}
+    extra["audio"] = audio_signature(manifest)  # the audio files as they are now
     return {"features": feature_signature(file_digest(manifest.path), stamp["func"], settings, extra, nshard)}
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO
 from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
 from fairseq_ext.train_run import checkpoint_updates
 from simple_kmeans.recipes import demo as dp
 
@@ -44,7 +45,13 @@ def test_main_job_trains_probes_and_skips_on_rerun(demo_dir, capsys):
     assert sorted(layers) == ["1", "2"]
     for row in layers.values():
         assert 0.0 <= row["spk_acc"] <= 1.0 and 0.0 <= row["pnmi"] <= 1.0 and row["n_speakers"] == 4
-    assert "masked-prediction accuracy" in printed and "adversary speaker accuracy" in printed
+    assert "masked-prediction accuracy" in printed and "speaker adversary (layer" in printed
+    n_valid = len(read_manifest(demo_dir / "manifest" / "valid.tsv"))
+    assert f"on {n_valid} validation utterances" in printed and "uniform chance 1/4 = 0.2500" in printed
+    assert "chance ~" not in printed  # one chance per number, each named
+    tblog = demo_dir / "dhubert" / "run" / "tblog"
+    assert f"tensorboard --logdir {tblog}" in printed
+    assert list(tblog.glob("train*/events.out.tfevents.*")) and list(tblog.glob("valid*/events.out.tfevents.*"))
     assert "spk acc" in printed and "PNMI" in printed
     out = demo_dir / "dhubert"
     assert (out / "speakers" / "dict.spk.txt").read_text().split()[::2] == ["spk00", "spk01", "spk02", "spk03"]

@@ -239,3 +239,25 @@ def test_bad_inputs(tmp_path):
     write_pitch(paths["pitch"], "train", [np.zeros((n // 160, 2)) for n in (8000, 9600, 11200)])
     _error(paths, r"no entry for speaker\(s\) s1", pitch_norm="speaker")
     make_task(paths, pitch_norm="global").load_dataset("train")  # the rest is fine
+
+
+def test_labels_outside_the_dictionary_are_refused(tmp_path):
+    """A label >= K or a truncated dict.km.txt stops loading with file and line (fairseq would train on
+    <unk>); a missing or duplicated dict.km.txt is a sentence, not a traceback."""
+    paths = position_corpus(tmp_path, [8000, 9600, 11200])
+    km, dct = paths["labels"] / "train.km", paths["labels"] / "dict.km.txt"
+    make_task(paths).load_dataset("train")  # consistent inputs load
+    lines = km.read_text().splitlines()
+    good_dict = dct.read_text()
+    n_dict = len(good_dict.splitlines())
+    lines[1] = lines[1] + f" {n_dict}"  # one label past the dictionary, on line 2
+    km.write_text("\n".join(lines) + "\n")
+    _error(paths, rf"train\.km:2: label '{n_dict}' is not in .*dict\.km\.txt")
+    km.write_text("\n".join(lines[:1] + [" ".join(lines[1].split()[:-1])] + lines[2:]) + "\n")
+    make_task(paths).load_dataset("train")
+    dct.write_text("".join(good_dict.splitlines(keepends=True)[:n_dict - 5]))  # truncated dictionary
+    _error(paths, r"train\.km:3: label '\d+' is not in .*dict\.km\.txt")
+    dct.write_text(good_dict + "3 1\n")
+    _error(paths, rf"dict\.km\.txt:{n_dict + 1}: '3' is listed twice \(also line 4\)")
+    dct.unlink()
+    _error(paths, r"label dictionary .*dict\.km\.txt does not exist")

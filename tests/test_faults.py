@@ -3,6 +3,7 @@ a full disk and an unwritable output folder. Nothing half-written is ever taken 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +192,7 @@ def test_skip_bad_reports_and_keeps_labels_aligned(demo_corpus, tmp_path):
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
     # labels: one line per kept manifest line, as many labels as frames; fairseq's HubertDataset agrees
-    learn_kmeans.main(str(feat), "train", 2, str(tmp_path / "km.mdl"), 4, n_init=1, max_iter=5)
+    learn_kmeans.main(str(feat), "train", 2, str(tmp_path / "km.mdl"), 4, niter=5)
     for rank in range(2):
         dump_km_label.main(str(feat), "train", str(tmp_path / "km.mdl"), 2, rank, str(lab))
     merged = merge_labels.main(str(lab), "train", 2, feat_dir=str(feat), n_clusters=4)["labels"]
@@ -290,3 +292,90 @@ def test_hubert_features_skip_bad_with_rank_from_environment(demo_corpus, tmp_pa
     g_feats, g_lengths = load_feat_shard(tmp_path / "gfeat", "train", 0, 1)
     np.testing.assert_array_equal(lengths, g_lengths)
     np.testing.assert_allclose(feats, g_feats, atol=1e-5)
+
+
+PIPELINE_HARNESS = r"""
+import sys
+from simple_kmeans import pipeline
+pipeline.PARALLEL_MIN_AUDIO_S = 0.0  # the tiny corpus in worker processes
+pipeline.cli(sys.argv[1:])
+"""
+
+
+def _children() -> dict:
+    """{pid: parent pid} of every process (Linux /proc)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                out[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _descendants(pid: int) -> set:
+    parents, found, todo = _children(), set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parents.items() if pp == p and c not in found}
+        found |= kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _holds(pid: int, path: Path) -> bool:
+    targets = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(fd))
+    return str(path) in targets
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_kill_9_of_parallel_pipeline_leaves_no_process_and_lock_held_until_then(demo_corpus, tmp_path):
+    """kill -9 of `fairseq-ext-labels --jobs 2`: its spawned workers hold the folder lock while they live
+    and die with the parent; afterwards no process of the killed run is alive (checked by pid)."""
+    import fcntl
+
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", PIPELINE_HARNESS, str(demo_corpus / "wav"), str(out),
+                             "--jobs", "2", "--nshard", "4", "--n-clusters", "8", "--valid-percent", "0"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "w"))
+    workers = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            kids = _descendants(proc.pid)
+            workers = {p for p in kids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()}
+            if len(workers) >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None and len(workers) >= 2, f"no workers seen: {(tmp_path / 'log').read_text()[-2000:]}"
+        lock = (out / ".lock").resolve()
+        run_pids = _descendants(proc.pid)
+        assert all(_holds(p, lock) for p in workers), "the workers must hold the run's folder lock"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in run_pids):
+            time.sleep(0.05)
+        assert not [p for p in run_pids if _alive(p)], "processes of the killed run are still alive"
+        with open(lock, "a") as f:  # and now the lock is free
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in workers:  # only this test's own processes, by pid
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -87,7 +87,8 @@ def test_sklearn_backend_equals_fairseq(blobs, tmp_path):
                      max_iter=5, batch_size=256, tol=0.0, n_init=3, reassignment_ratio=0.0,
                      max_no_improvement=100)
     ours = tmp_path / "ours.km"
-    learn_kmeans.main(str(feat_dir), "train", 2, str(ours), 10, seed=3, percent=0.5, **SMALL_SKLEARN)
+    learn_kmeans.main(str(feat_dir), "train", 2, str(ours), 10, seed=3, percent=0.5, backend="sklearn",
+                      **SMALL_SKLEARN)
     np.testing.assert_array_equal(joblib.load(ours).cluster_centers_, joblib.load(ref_path).cluster_centers_)
 
 
@@ -175,16 +176,18 @@ def test_cli_and_rerun_overwrites(blobs, tmp_path):
     feat_dir = blobs[0]
     out = tmp_path / "km_out"
     cmd = [sys.executable, "-m", "simple_kmeans.learn_kmeans", str(feat_dir), "train", "2",
-           str(out / "km.bin"), str(N_BLOBS), "--max_iter", "3", "--batch_size", "100", "--n_init", "2",
-           "--percent", "0.5", "--seed", "1"]
+           str(out / "km.bin"), str(N_BLOBS), "--niter", "5", "--percent", "0.5", "--seed", "1"]
     for _ in range(2):
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert "inertia per frame" in r.stderr and "peak memory" in r.stderr
+        assert "faiss k-means (K=6)" in r.stderr  # faiss is the default backend, as in the pipeline
+        assert "AVX" not in r.stderr and "ModuleNotFoundError" not in r.stderr  # faiss's loader is quiet
     assert sorted(p.name for p in out.iterdir()) == ["km.bin"]  # no temporaries, one model
     assert joblib.load(out / "km.bin").cluster_centers_.shape == (N_BLOBS, DIM)
     r = subprocess.run(cmd[:3] + ["--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "Usage:" in r.stdout and "--backend" in r.stdout and "--max-memory" in r.stdout
+    assert "faiss    (the default" in r.stdout and "same centroids as fairseq" in r.stdout
 
 
 def _cli(args):
@@ -333,3 +336,12 @@ def test_torch_device_cuda_without_cuda(blobs, tmp_path):
     # auto falls back to the CPU
     s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "km"), 4, backend="torch", niter=2)
     assert s.backend == "torch" and (tmp_path / "km").is_file()
+
+
+def test_default_backend_is_faiss_and_stream_alone_is_sklearn(blobs, tmp_path):
+    feat_dir = blobs[0]
+    s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "a.km"), N_BLOBS, niter=5)
+    assert s.backend == "faiss"
+    s = learn_kmeans.main(str(feat_dir), "train", 2, str(tmp_path / "b.km"), N_BLOBS, stream=True, batch_size=256)
+    assert s.backend == "sklearn-stream"
+    assert learn_kmeans.get_parser().get_default("backend") is None  # resolved in main: one default

@@ -155,3 +155,20 @@ def test_cli_fairseq_command_line(tmp_path):
     assert "PNMI (MI/H(ref))" in proc.stdout and "clusters used" in proc.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert 0 < report["quality"]["MI/H(ref)"] < 1
+
+
+def test_report_names_its_units(tmp_path):
+    """quality.txt: label-statistics entropy in bits, fairseq's entropies and MI in nats, lengths in frames."""
+    tsv, lab, phn = _make(tmp_path)
+    report = measure_quality.main(str(tsv), str(lab), "km", lab_sets=["valid"], phn_dir=str(phn),
+                                  phn_sets=["dev-a"], quiet=True)
+    rows = {}
+    for line in measure_quality.format_report(report).splitlines():
+        name, _, value = line.strip().rpartition("  ")
+        if name and value.replace(".", "").isdigit():
+            rows[name.strip()] = float(value)
+    assert rows["entropy, bits"] == pytest.approx(report["stats"]["entropy (bits)"], abs=1e-4)
+    for key in ("H(ref)", "H(hyp)", "MI"):
+        assert rows[f"{key}, nats"] == pytest.approx(report["quality"][key], abs=1e-4)
+    assert rows["avg segment length, frames"] > 0 and rows["ref segL, frames"] > 0
+    assert not any(k in rows for k in ("H(ref)", "MI", "entropy (bits)"))

@@ -127,3 +127,32 @@ def test_cli_exit_2(shards):
     proc = subprocess.run([sys.executable, "-m", "simple_kmeans.merge_labels", str(shards["lab"]), "train",
                            str(NSHARD), "--n-clusters", str(K)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "missing label shard" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_checks_run_without_options_on_fairseqs_command_line(shards):
+    """`merge_labels LAB_DIR SPLIT NSHARD` alone: an empty line is refused, and a manifest and .len files
+    in LAB_DIR (one data folder, fairseq's layout) are checked against without --tsv-dir/--feat-dir."""
+    import shutil
+
+    lab, cmd = shards["lab"], [sys.executable, "-m", "simple_kmeans.merge_labels", str(shards["lab"]), "train",
+                               str(NSHARD), "--n-clusters", str(K)]
+    p = label_path(lab, "train", 1, NSHARD)
+    good = p.read_text()
+    p.write_text("\n" + good)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and f"train_1_{NSHARD}.km:1: an empty line" in proc.stderr, proc.stderr
+    p.write_text(good)
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).returncode == 0
+    shutil.copy(shards["tsv"] / "train.tsv", lab / "train.tsv")
+    p.write_text("".join(good.splitlines(keepends=True)[:-1]))  # one utterance short
+    with pytest.raises(UserError, match=rf"train_1_{NSHARD}.km has \d+ lines but shard 1/{NSHARD}"):
+        merge_labels.main(str(lab), "train", NSHARD, n_clusters=K)
+    p.write_text(good)
+    (lab / "train.tsv").unlink()
+    for r in range(NSHARD):
+        shutil.copy(feat_paths(shards["feat"], "train", r, NSHARD)[1], feat_paths(lab, "train", r, NSHARD)[1])
+    lines = good.splitlines()
+    lines[0] += " 3"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"train_1_{NSHARD}.km:1: \d+ labels but .*train_1_{NSHARD}.len:1"):
+        merge_labels.main(str(lab), "train", NSHARD, n_clusters=K)

@@ -53,7 +53,8 @@ def test_outputs_are_consistent(first_run, demo_corpus):
             assert nf == (entry.n_samples - 400) // 160 + 1
         labels = np.array([int(t) for line in lines for t in line.split()])
         assert 0 <= labels.min() and labels.max() < K
-        assert len((out / "espnet" / split / "text").read_text().splitlines()) == n
+        for name in ("text", "wav.scp", "utt2num_samples"):  # every file of the export survives the run
+            assert len((out / "espnet" / split / name).read_text().splitlines()) == n, name
     assert (out / "labels" / "dict.km.txt").read_text() == "".join(f"{i} 1\n" for i in range(K))
     assert len((out / "espnet" / "tokens.txt").read_text().splitlines()) == K + 2
     report = json.loads((out / "quality.json").read_text())

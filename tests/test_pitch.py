@@ -247,10 +247,16 @@ def test_cli(demo_manifest, tmp_path):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO)
         assert out.returncode == 0 and "Usage:" in out.stdout
     run = subprocess.run([sys.executable, "simple_kmeans/dump_pitch_feature.py", str(demo_manifest), "train",
-                          "1", "0", str(tmp_path), "--frame-rate", "100", "--method", "dio"],
+                          "1", "0", str(tmp_path), "--method", "dio"],
                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "train_0_1.npy").is_file()
+    # no flag: 100 Hz, the pitch_rate of the shipped dhubert configs
+    lengths = np.loadtxt(tmp_path / "train_0_1.len", dtype=int, ndmin=1).tolist()
+    n_samples = [e.n_samples for e in read_manifest(demo_manifest / "train.tsv").entries]
+    assert lengths == [frames.frames_at_rate(n, 100) for n in n_samples]
+    assert lengths != [frames.frames_at_rate(n, 50) for n in n_samples]
+    for name in ("dhubert_tiny", "dhubert_base_librispeech"):
+        assert "pitch_rate: 100\n" in (REPO / "config" / "pretrain" / f"{name}.yaml").read_text()
     merge = subprocess.run([sys.executable, "-m", "simple_kmeans.pitch_stats", str(tmp_path), "train", "2"],
                            capture_output=True, text=True, cwd=REPO)
     assert merge.returncode == 2 and "train_0_2.pitch_stats.json does not exist" in merge.stderr

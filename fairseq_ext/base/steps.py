@@ -6,6 +6,9 @@ its outputs are in place, :class:`Runner` writes a stamp ``OUT/.stamps/<unit>.js
 hash of the call (the function's ``module:qualname``, its arguments) and its inputs; a unit whose
 stamp matches and whose outputs exist is skipped. :func:`read_stamp` / :func:`write_stamp` are
 the stamp files themselves, for steps that decide "done" in their own way (a training run).
+Input files are signed by :func:`file_fingerprint` (size, mtime and a hash of three blocks), small
+text inputs by :func:`file_digest` (a full hash). Worker processes die with their parent and hold
+its :func:`folder_lock` while they live.
 """
 
 from __future__ import annotations
@@ -47,10 +50,35 @@ def file_digest(path: os.PathLike | str) -> str:
     return h.hexdigest()[:20]
 
 
+FINGERPRINT_BLOCK = 1 << 16
+"""Bytes read from each of the start, middle and end of a large file for its content fingerprint."""
+
+
+def _sampled_hash(path: str, size: int) -> str:
+    """Hash of the size and the first, middle and last :data:`FINGERPRINT_BLOCK` bytes (the whole file
+    when it is at most three blocks)."""
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= 3 * FINGERPRINT_BLOCK:
+            h.update(f.read())
+        else:
+            for offset in (0, (size - FINGERPRINT_BLOCK) // 2, size - FINGERPRINT_BLOCK):
+                f.seek(offset)
+                h.update(f.read(FINGERPRINT_BLOCK))
+    return h.hexdigest()[:20]
+
+
 def file_fingerprint(path: os.PathLike | str) -> List:
-    """Path, size and modification time of a large input (a checkpoint), without reading it."""
-    st = os.stat(path)
-    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+    """The identity of an input file (audio, a checkpoint): ``[absolute path, size, mtime_ns, content]``.
+
+    ``content`` hashes the size and three 64 KiB blocks (start, middle, end; the whole file when it is
+    smaller), so a file rewritten in place with the same length is a new input even when its modification
+    time was kept (``cp -p``, ``rsync -t``), unless only bytes outside the sampled blocks changed and the
+    time was kept too; a ``touch`` also counts as a change. Cost: BENCHMARKS.md, "input fingerprints".
+    """
+    absolute = os.path.abspath(path)  # not resolve(): it costs a system call per path component
+    st = os.stat(absolute)
+    return [absolute, st.st_size, st.st_mtime_ns, _sampled_hash(absolute, st.st_size)]
 
 
 def func_name(func: Callable) -> str:
@@ -106,13 +134,54 @@ def write_stamp(path: os.PathLike | str, signature: str, **extra) -> None:
         json.dump({"signature": signature, **extra}, f, indent=1, default=str)
 
 
-def quiet_loggers() -> None:
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Could not load AVX512 ..." noise
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_held_lock = None  # a worker's inherited copy of its run's folder lock: kept open for the worker's life
 
 
-def init_worker() -> None:
-    setup_logging()
-    quiet_loggers()
+class InheritedFd:
+    """A file descriptor that a spawned worker process inherits (the same open file, so the same
+    ``flock``): pickled only while a process is being spawned (:mod:`multiprocessing` passes it on)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self):
+        popen = multiprocessing.context.get_spawning_popen()
+        if popen is None:
+            raise TypeError("an InheritedFd can only be passed to a process being spawned")
+        return InheritedFd, (popen.duplicate_for_child(self.fd),)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when ``parent_pid`` (its parent) ends, even by ``kill -9``: the kernel's
+    parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``) and, where that is missing, a
+    watchdog thread that polls the parent's pid."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the signal was set
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def init_worker(parent_pid: Optional[int] = None, lock: Optional[InheritedFd] = None) -> None:
+    """Set up a worker of :class:`Runner`'s pool: logging, death with the parent, the run's folder lock."""
+    global _held_lock
+    _held_lock = lock  # its fd stays open (never closed) until the worker exits: the lock is held until then
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    setup_logging()  # also quiets noisy third-party loggers
 
 
 @contextlib.contextmanager
@@ -132,11 +201,13 @@ def environ_defaults(values: Dict[str, str]):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, what: str, wait: bool = False) -> Iterator[None]:
-    """Hold ``folder/.lock`` while ``what`` runs in ``folder`` (created if missing).
+def folder_lock(folder: Path, what: str, wait: bool = False) -> Iterator[int]:
+    """Hold ``folder/.lock`` while ``what`` runs in ``folder`` (created if missing); yields the lock's fd.
 
     With ``wait``, block until the holder is done; otherwise a second holder gets a
-    :class:`UserError` "another process is <what> in <folder>".
+    :class:`UserError` "another process is <what> in <folder>". Pass the fd to :class:`Runner`
+    (``lock=``) so that its worker processes hold the lock too: it is free only when the last
+    process of the run has ended (a ``kill -9`` of the parent included).
     """
     import fcntl
 
@@ -146,18 +217,22 @@ def folder_lock(folder: Path, what: str, wait: bool = False) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise UserError(f"another process is {what} in {folder}; wait for it to finish") from None
-        yield
+            raise UserError(f"another process is {what} in {folder} (or a worker of a killed run is still "
+                            f"ending); wait for it to finish") from None
+        yield f.fileno()
 
 
 class Runner:
     """Runs units, skipping those whose stamp matches (see the module docstring).
 
     Parallel units go to a pool of ``jobs`` spawned worker processes, started on first use
-    (each with ``cores // jobs`` BLAS/OpenMP threads) and kept until :meth:`close`.
+    (each with ``cores // jobs`` BLAS/OpenMP threads) and kept until :meth:`close`. Workers die with
+    this process (also on ``kill -9``) and hold ``lock`` (the fd from :func:`folder_lock`), if given,
+    until they have ended.
     """
 
-    def __init__(self, out_dir: Path, jobs: int = 1, force: bool = False):
+    def __init__(self, out_dir: Path, jobs: int = 1, force: bool = False, lock: Optional[int] = None):
+        self.lock = lock
         self.stamp_dir = out_dir / ".stamps"
         self.jobs = max(1, jobs)
         self.force = force
@@ -179,7 +254,9 @@ class Runner:
     def pool(self) -> ProcessPoolExecutor:
         if self._pool is None:  # spawn: fork is unsafe after OpenMP/torch use in this process
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=init_worker)
+                                             initializer=init_worker,
+                                             initargs=(os.getpid(), None if self.lock is None
+                                                       else InheritedFd(self.lock)))
         return self._pool
 
     def stamp_path(self, unit: Unit) -> Path:

@@ -244,17 +244,32 @@ def check_frame_lengths(lengths: Sequence[int], rate: float, manifest: Manifest,
         f"more than {tol_s} s ({first}); regenerate the files for this manifest")
 
 
-def label_file_lengths(path: os.PathLike | str, manifest: Manifest) -> List[int]:
-    """Tokens per line of a frame-label file, checking it has one line per manifest entry."""
+def label_file_lengths(path: os.PathLike | str, manifest: Manifest,
+                       symbols: Optional[Sequence[str]] = None, dict_path: str = "the dictionary") -> List[int]:
+    """Tokens per line of a frame-label file, checking it has one line per manifest entry and, with
+    ``symbols`` (the dictionary's entries), that every label is one of them: fairseq would otherwise
+    train on an unknown label silently as ``<unk>``. One read and one set operation per file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"label file {path} does not exist: dump and merge the k-means labels for this split")
-    with open(path, "rb") as f:
-        lengths = [len(line.split()) for line in f]
+    data = path.read_bytes()
+    lines = data.splitlines()
+    lengths = [len(line.split()) for line in lines]
     if len(lengths) != len(manifest):
         raise UserError(
             f"{path} has {len(lengths)} lines but {manifest.path} lists {len(manifest)} utterances: "
             f"labels must have one line per manifest line")
+    if symbols is not None:
+        unknown = set(data.split()) - {s.encode() for s in symbols}
+        if unknown:
+            for i, line in enumerate(lines):
+                bad = [t for t in line.split() if t in unknown]
+                if bad:
+                    raise UserError(
+                        f"{path}:{i + 1}: label {bad[0].decode(errors='replace')!r} is not in {dict_path} "
+                        f"({len(unknown)} distinct label(s) of this file are missing there): the labels and the "
+                        f"dictionary come from different k-means runs, or the dictionary is truncated; "
+                        f"rewrite it with fairseq-ext-merge-labels")
     return lengths
 
 
@@ -295,8 +310,11 @@ class DHubertDataset(HubertDataset):
             raise UserError(f"{manifest_path}: no utterance is within the size limits "
                             f"[{min_keep_sample_size}, {max_keep_sample_size}] samples")
         rates = label_rates if isinstance(label_rates, (list, tuple)) else [label_rates] * len(label_paths)
-        for path, rate in zip(label_paths, rates):
-            lengths = label_file_lengths(path, manifest)
+        dicts = [getattr(p, "dictionary", None) for p in label_processors or [None] * len(label_paths)]
+        for path, rate, d in zip(label_paths, rates, dicts):
+            symbols = None if d is None else d.symbols[d.nspecial:]
+            lengths = label_file_lengths(path, manifest, symbols,
+                                         str(Path(path).parent / f"dict{Path(path).suffix}.txt"))
             if rate > 0:
                 check_frame_lengths(lengths, rate, manifest, inds, sample_rate, str(path), length_tol_s)
         self.manifest_lines = [manifest.entries[i].line for i in inds]

@@ -262,7 +262,8 @@ def load_centers(km_path: os.PathLike | str) -> np.ndarray:
     try:
         model = joblib.load(km_path)
     except Exception as e:  # joblib/pickle raise many types for corrupt files
-        raise UserError(f"cannot load k-means model {km_path}: {e}") from None
+        raise UserError(f"{km_path} is not a readable k-means model (joblib.load failed: {type(e).__name__}: {e}); "
+                        f"it is corrupt or another kind of file: train it again with learn_kmeans.py") from None
     centers = getattr(model, "cluster_centers_", None)
     if centers is None:
         raise UserError(

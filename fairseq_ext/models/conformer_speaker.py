@@ -3,8 +3,9 @@
 Pipeline, for a batch of zero-padded inputs with a padding mask:
 
 1. input features ``(B, T, F)``: precomputed (homework log-Mels), the trainable log-Mel front-end
-   (:class:`~fairseq_ext.modules.frontend.LogMelFrontend`, raw audio), or a frozen SSL encoder
-   (:class:`~fairseq_ext.modules.ssl_upstream.FrozenSSLUpstream`); which one follows
+   (:class:`~fairseq_ext.modules.frontend.LogMelFrontend`, raw audio), or any frozen registered
+   upstream (:class:`~fairseq_ext.modules.ssl_upstream.FrozenSSLUpstream`: HuBERT, PASE, a named
+   log-Mel baseline, ...); which one follows
    ``task.input_type``;
 2. optional per-utterance mean/variance normalisation over real frames (``input_norm``);
 3. prenet ``Linear(F, d_model)``;
@@ -74,9 +75,12 @@ class ConformerSpeakerConfig(FairseqDataclass):
     maskout_start: int = field(default=-1, metadata={"help": "first Mel bin zeroed in the output (-1: none)"})
     maskout_end: int = field(default=-1, metadata={"help": "Mel bin after the last zeroed one (-1: none)"})
     # frozen SSL upstream (task.input_type=ssl)
-    ssl_checkpoint: str = field(default="", metadata={"help": "SSL checkpoint (HuBERT style) for task.input_type=ssl"})
-    ssl_layer: int = field(default=-1, metadata={"help": "SSL hidden state to use (0 = Transformer input), "
-                                                         "-1 = learned weighted sum of all"})
+    ssl_checkpoint: str = field(default="", metadata={
+        "help": "frozen upstream for task.input_type=ssl: a checkpoint any registered upstream reads (HuBERT, "
+                "wav2vec 2.0, dhubert, PASE/PASE+, a speaker/KWS model's front-end) or a named upstream "
+                "(logmel; with options quoted on the command line: 'model.ssl_checkpoint=\"logmel:n_mels=80\"')"})
+    ssl_layer: int = field(default=-1, metadata={"help": "upstream hidden state to use (HuBERT: 0 = Transformer "
+                                                         "input), -1 = learned weighted sum of all"})
 
 
 class TransformerStack(nn.Module):

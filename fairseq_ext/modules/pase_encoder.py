@@ -134,6 +134,13 @@ class PaseEncoder(nn.Module):
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``wav`` ``(B, T)``, ``padding_mask`` ``(B, T)`` (True = padded) ->
         ``(emb (B, emb_dim, N), frame_padding_mask (B, N) or None)`` with ``N = T // hop``."""
+        emb, frame_mask, _ = self.forward_with_skips(wav, padding_mask)
+        return emb, frame_mask
+
+    def forward_with_skips(self, wav: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
+        """As :meth:`forward`, plus PASE+'s dense-skip terms: one ``(B, emb_dim, N)`` per conv block after
+        the SincNet block, pooled to the output frame rate (an empty list without dense skips)."""
         if wav.dim() != 2:
             raise ValueError(f"expected a (B, T) waveform batch, got shape {tuple(wav.shape)}")
         lengths = None
@@ -142,6 +149,7 @@ class PaseEncoder(nn.Module):
             wav = wav.masked_fill(padding_mask, 0.0)
         x = wav.unsqueeze(1)
         skip_sum = None
+        skip_terms: List[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             x = block(x)
             cum = self.cum_strides[i]
@@ -151,6 +159,7 @@ class PaseEncoder(nn.Module):
                 ratio = self.hop // cum
                 s = self.skips[i - 1](x)
                 s = F.avg_pool1d(s, ratio) if ratio > 1 else s
+                skip_terms.append(s)
                 skip_sum = s if skip_sum is None else skip_sum + s
         n_frames = wav.size(1) // self.hop
         frame_lengths = None if lengths is None else self.frame_lengths(lengths)
@@ -172,4 +181,4 @@ class PaseEncoder(nn.Module):
         if frame_lengths is not None:
             emb = _mask_steps(emb, frame_lengths)
             frame_mask = torch.arange(n_frames, device=emb.device).unsqueeze(0) >= frame_lengths.unsqueeze(1)
-        return emb, frame_mask
+        return emb, frame_mask, skip_terms

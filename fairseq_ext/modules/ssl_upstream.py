@@ -1,7 +1,9 @@
-"""A frozen self-supervised encoder (HuBERT, wav2vec 2.0, this package's models) as a front-end module.
+"""A frozen encoder (any registered upstream: HuBERT, wav2vec 2.0, dhubert, PASE / PASE+, a log-Mel
+front-end) as a front-end module.
 
 With ``task.input_type=ssl`` the dataset yields raw audio and the speaker model runs a
-:class:`FrozenSSLUpstream` first: the SSL checkpoint is read through the encoder interface
+:class:`FrozenSSLUpstream` first: ``model.ssl_checkpoint`` (a checkpoint path, or a named upstream
+such as ``logmel:n_mels=80``) is read through the encoder interface
 (:func:`fairseq_ext.encoder.load_upstream`: every hidden state from one padding-exact forward pass),
 its parameters are frozen (``requires_grad=False``, always in eval mode, run under ``torch.no_grad``).
 The features are one hidden state (``layer=k``: 0 is the Transformer's input, ``k`` the output of
@@ -18,7 +20,6 @@ The upstream's weights are saved in the speaker checkpoint (under ``model.``); r
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -35,8 +36,8 @@ class FrozenSSLUpstream(nn.Module):
     """A frozen SSL encoder exposing one hidden state or a learned weighted sum of all of them.
 
     Args:
-        checkpoint: a checkpoint :func:`fairseq_ext.encoder.load_upstream` reads (HuBERT,
-            wav2vec 2.0, this package's HuBERT variants).
+        checkpoint: a checkpoint or upstream name :func:`fairseq_ext.encoder.load_upstream` reads
+            (HuBERT, wav2vec 2.0, dhubert, PASE / PASE+, a speaker/KWS model's front-end, ``logmel``).
         layer: hidden state index in ``[0, num_layers]``, or ``-1`` for a learned weighted sum.
         sample_rate: the task's sample rate; must equal the checkpoint's.
     """
@@ -44,10 +45,12 @@ class FrozenSSLUpstream(nn.Module):
     def __init__(self, checkpoint: str, layer: int = -1, sample_rate: int = 16000):
         super().__init__()
         if not checkpoint:
-            raise UserError("task.input_type=ssl needs model.ssl_checkpoint (a HuBERT-style checkpoint)")
-        if not os.path.isfile(checkpoint):
-            raise UserError(f"SSL checkpoint {checkpoint} does not exist (model.ssl_checkpoint)")
-        self.upstream = load_upstream(checkpoint)
+            raise UserError("task.input_type=ssl needs model.ssl_checkpoint (an encoder checkpoint such as "
+                            "HuBERT or PASE, or an upstream name such as logmel)")
+        try:
+            self.upstream = load_upstream(checkpoint)
+        except UserError as e:
+            raise UserError(f"model.ssl_checkpoint: {e}") from None
         if self.upstream.sample_rate != sample_rate:
             raise UserError(f"{checkpoint} was trained at {self.upstream.sample_rate} Hz but task.sample_rate "
                             f"is {sample_rate}")

@@ -80,6 +80,25 @@ class DHubertPretrainingTask(HubertPretrainingTask):
         logger.info("%d speakers in %s/dict.spk.txt", len(names), self.get_spk_dir())
         return names
 
+    def load_dictionaries(self):
+        """fairseq's dictionaries ``{label_dir}/dict.{label}.txt``; a missing file or a repeated entry is
+        a sentence naming the file (fairseq raises FileNotFoundError / RuntimeError)."""
+        label_dir = self.get_label_dir()
+        for label in self.cfg.labels:
+            path = os.path.join(label_dir, f"dict.{label}.txt")
+            if not os.path.isfile(path):
+                raise UserError(f"label dictionary {path} does not exist: fairseq-ext-merge-labels writes it "
+                                f"beside {label_dir}/{{split}}.{label} (or set task.label_dir)")
+            seen = {}
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for n, line in enumerate(f, 1):
+                    word = line.split(" ", 1)[0].strip()
+                    if word in seen and "#fairseq:overwrite" not in line:
+                        raise UserError(f"{path}:{n}: {word!r} is listed twice (also line {seen[word]}): "
+                                        f"one 'label count' line per label; rewrite it with fairseq-ext-merge-labels")
+                    seen.setdefault(word, n)
+        return super().load_dictionaries()
+
     def load_dataset(self, split: str, **kwargs) -> None:
         cfg = self.cfg
         if cfg.label_rate <= 0:

@@ -12,6 +12,10 @@ model (:mod:`fairseq_ext.models.phone_recognizer`) takes the same object.
 
 The dictionary is task state, saved in every checkpoint: evaluation (``fairseq-ext-pr-eval``) needs
 no training data.
+
+``task.feature_cache`` (``memory`` or a folder) wraps the upstream in
+:class:`fairseq_ext.data.feature_cache.CachedUpstream`: each utterance's hidden states are computed once
+and read back in every later epoch (and, from a folder, by later runs on the same upstream).
 """
 
 import logging
@@ -40,6 +44,10 @@ class PhoneRecognitionConfig(FairseqDataclass):
         "help": "upstream checkpoint (set model.upstream; this mirrors it)"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (Hz); must be the upstream's"})
     train_split: str = field(default="train", metadata={"help": "split whose batches are shuffled"})
+    feature_cache: str = field(default="", metadata={
+        "help": "cache the frozen upstream's hidden states so each utterance is encoded once per run: "
+                "'' = off, 'memory', or a folder (one (L, T, C) float32 .npy per utterance, reused by later "
+                "runs on the same upstream; see fairseq_ext.data.feature_cache)"})
 
 
 @register_task("phone_recognition", dataclass=PhoneRecognitionConfig)
@@ -87,6 +95,13 @@ class PhoneRecognitionTask(FairseqTask):
                 p.requires_grad_(False)
             logger.info("frozen upstream %s: %s, %d layers, dim %d, %d samples per frame", path,
                         type(upstream).__name__, upstream.num_layers, upstream.dim, upstream.frame_shift)
+            if self.cfg.feature_cache:
+                from fairseq_ext.base.steps import file_digest
+                from fairseq_ext.data.feature_cache import CachedUpstream
+
+                ident = {"upstream": str(path), "digest": file_digest(path) if os.path.isfile(path) else None}
+                upstream = CachedUpstream(upstream, self.cfg.feature_cache, ident)
+                logger.info("upstream features cached in %s", self.cfg.feature_cache)
             self._upstream = upstream
         return self._upstream
 

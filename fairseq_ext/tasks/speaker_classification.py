@@ -7,7 +7,10 @@ Inputs (``task.input_type``):
   line; optional inventory ``dict.lbl.txt``), or a folder-per-class tree ``{data}/{label}/*.wav``.
 * ``homework``: precomputed log-Mels in the ML2022 homework layout (``metadata.json``,
   ``mapping.json``, one ``(T, n_mels)`` tensor file per utterance, ``testdata.json``).
-* ``ssl``: raw audio through a frozen SSL encoder inside the model (``model.ssl_checkpoint``).
+* ``ssl``: raw audio through a frozen upstream inside the model (``model.ssl_checkpoint``: a checkpoint
+  of any registered upstream kind, HuBERT, dhubert, PASE / PASE+, a speaker/KWS front-end, or a name
+  such as ``logmel``; see :mod:`fairseq_ext.encoder`). Set ``samples_per_frame`` to the upstream's
+  frame shift (160 for PASE and log-Mels) for crops of exactly ``segment_len`` frames.
 
 Splits: ``train`` gets random crops of ``segment_len`` frames (``segment_len * samples_per_frame``
 samples for audio), every other split whole utterances. ``valid`` is ``{data}/valid.tsv`` (or the
@@ -49,12 +52,13 @@ class SpeakerClassificationConfig(FairseqDataclass):
         "help": "folder with {split}.tsv + {split}.lbl, a folder-per-class tree, or the homework layout"})
     input_type: INPUT_CHOICES = field(  # type: ignore[valid-type]
         default="audio", metadata={"help": "audio (model front-end), homework (precomputed log-Mels), "
-                                           "ssl (frozen SSL encoder in the model)"})
+                                           "ssl (a frozen upstream in the model: model.ssl_checkpoint)"})
     label_ext: str = field(default="lbl", metadata={"help": "label file extension: {split}.{label_ext}"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (Hz)"})
     segment_len: int = field(default=128, metadata={"help": "training crop length in frames"})
     samples_per_frame: int = field(default=0, metadata={
-        "help": "audio samples per frame for crops; 0 = 160 (front-end hop) for audio, 320 for ssl"})
+        "help": "audio samples per frame for crops; 0 = 160 (front-end hop) for audio, 320 for ssl "
+                "(HuBERT; set 160 for a PASE or log-Mel upstream)"})
     valid_percent: float = field(default=0.1, metadata={
         "help": "share of each class held out of train as valid when there is no valid split on disk"})
     split_seed: int = field(default=0, metadata={"help": "seed of the hold-out split"})

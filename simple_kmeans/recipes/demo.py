@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from fairseq_ext.base.errors import UserError
+from fairseq_ext.base.manifest import read_manifest
 from fairseq_ext.base.steps import Runner, file_digest, folder_lock
 from fairseq_ext.paths import config_dir
 from fairseq_ext.train_run import CPU_OVERRIDES, USER_DIR, epoch_schedule, train
@@ -39,16 +40,29 @@ def check_demo_dir(demo_dir: Path) -> Dict[str, Path]:
     return paths
 
 
-def summary_lines(valid: Optional[Dict], n_speakers: int) -> List[str]:
-    """Human-readable last validation of a dhubert run."""
+def summary_lines(valid: Optional[Dict], n_speakers: int, n_valid: Optional[int] = None,
+                  spk_layer: Optional[int] = None) -> List[str]:
+    """Human-readable last validation of a dhubert run on ``n_valid`` validation utterances.
+
+    The adversary's speaker accuracy is per utterance: on a handful of utterances it moves in steps
+    of ``1 / n_valid``, which the line says, with the uniform chance ``1 / n_speakers`` it is
+    compared with.
+    """
     if valid is None:
         return ["(no validation record in the log)"]
     g = valid.get
-    lines = [f"last validation (update {g('valid_num_updates', '?')}): loss {g('valid_loss', '?')} bits/frame, "
+    on = f" on {n_valid} validation utterances" if n_valid else ""
+    lines = [f"last validation (update {g('valid_num_updates', '?')}){on}: loss {g('valid_loss', '?')} bits/frame, "
              f"masked-prediction accuracy {float(g('valid_correct_m_0', float('nan'))):.4f}"]
     if "valid_spk_acc" in valid:
-        lines.append(f"  adversary speaker accuracy {float(valid['valid_spk_acc']):.4f} (chance {1 / n_speakers:.4f}), "
-                     f"GRL lambda {g('valid_grl_lambda', '?')}")
+        acc = float(valid["valid_spk_acc"])
+        where = f" (layer {spk_layer}, behind gradient reversal)" if spk_layer is not None else ""
+        count = f"{round(acc * n_valid)} of {n_valid} utterances; " if n_valid else ""
+        lines.append(f"  speaker adversary{where}: accuracy {acc:.4f} ({count}uniform chance 1/{n_speakers} = "
+                     f"{1 / n_speakers:.4f}), GRL lambda {g('valid_grl_lambda', '?')}")
+        if n_valid and n_valid < 50:
+            lines.append(f"    {n_valid} utterances: steps of {1 / n_valid:.2f}, an indication only; the probe below "
+                         f"measures the speaker information of every layer")
     if "valid_pitch_rmse" in valid:
         lines.append(f"  pitch head: log-F0 RMSE {g('valid_pitch_rmse')} (speaker z-scores), "
                      f"voicing accuracy {g('valid_vuv_acc', '?')}")
@@ -93,12 +107,15 @@ def main(demo_dir: str, max_update: int = 3000, threads: Optional[int] = None, f
     phones = paths["corpus"] / "phones.tsv"
     print(f"\nDisentangled HuBERT demo: dhubert_tiny, {run.updates} updates on {man / 'train.tsv'} "
           f"({label_rate} Hz labels, {n_speakers} speakers){' [already trained]' if run.skipped else ''}")
-    print("\n".join(summary_lines(valid, n_speakers)))
     model_cfg = OmegaConf.load(config_dir("pretrain") / "dhubert_tiny.yaml").model
+    n_valid = len(read_manifest(man / "valid.tsv"))
+    print("\n".join(summary_lines(valid, n_speakers, n_valid, model_cfg.spk_layer)))
     print(f"\nProbe of every layer on {man / 'train.tsv'} (speaker ID: linear probe on mean-pooled features, "
-          f"chance ~{1 / n_speakers:.2f}; PNMI: k-means K={n_clusters} vs phones); the speaker adversary reads "
-          f"layer {model_cfg.spk_layer}, the pitch head layer {model_cfg.pitch_layer}:")
+          f"its chance = the majority speaker's share of the probe's test utterances, printed below; "
+          f"PNMI: k-means K={n_clusters} vs phones); the speaker adversary reads layer {model_cfg.spk_layer}, "
+          f"the pitch head layer {model_cfg.pitch_layer}:")
     report = probe_step(runner, run.ckpt, man / "train.tsv", spk_dir / "train.spk",
                         phones if phones.is_file() else None, out / "probe.json", n_clusters=n_clusters)
-    print(f"\ncheckpoint: {run.ckpt}\nprobe JSON: {out / 'probe.json'}", flush=True)
+    print(f"\ncheckpoint: {run.ckpt}\nprobe JSON: {out / 'probe.json'}\ntraining curves: "
+          f"tensorboard --logdir {out / 'run' / 'tblog'}  (pip install tensorboard to view them)", flush=True)
     return {"ckpt": run.ckpt, "updates": run.updates, "valid": valid, "probe": report, "run_dir": out / "run"}

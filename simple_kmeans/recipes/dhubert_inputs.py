@@ -16,9 +16,10 @@ from fairseq_ext.base.errors import UserError
 from fairseq_ext.base.frames import frames_at_rate
 from fairseq_ext.base.manifest import read_manifest
 from fairseq_ext.base.steps import Runner, Unit, file_digest
+from simple_kmeans.dump_pitch_feature import DEFAULT_FRAME_RATE
 
 SPLITS = ("train", "valid")
-PITCH_RATE = 100
+PITCH_RATE = DEFAULT_FRAME_RATE  # 100 Hz: the pitch_rate of the shipped dhubert configs
 
 
 def make_speaker_labels(tsv_dir: str, table: str, spk_dir: str, splits: List[str]) -> None:
