@@ -95,6 +95,23 @@ class Upstream:
         Returns:
             ``{layer: [(T_i, C) per piece]}`` with ``T_i = num_frames(S_i)`` (``(0, C)`` when too short).
         """
+        self.check_layers(layers)
+        out: Dict[int, List[torch.Tensor]] = {layer: [] for layer in layers}
+        lens = [self.num_frames(len(p)) for p in pieces]
+        keep = [i for i, n in enumerate(lens) if n > 0]
+        states: List[torch.Tensor] = []
+        if keep:
+            states = self.hidden_states([pieces[i] for i in keep], [lens[i] for i in keep], max(layers))
+        empty = pieces[0].new_zeros((0, self.dim)) if pieces else None
+        pos = {i: k for k, i in enumerate(keep)}
+        for layer in layers:
+            for i, n in enumerate(lens):
+                out[layer].append(states[layer][pos[i], :n] if i in pos else empty)
+        return out
+
+    def hidden_states(self, chunks: List[torch.Tensor], lens: List[int], top: int) -> List[torch.Tensor]:
+        """Hidden states ``0..top`` (at least), each ``(B, T, C)`` with ``T >= max(lens)``, of non-empty
+        prepared waveforms ``chunks`` ``(S_i,)`` whose frame counts are ``lens``; padded frames are ignored."""
         raise NotImplementedError
 
     def forward(self, wav: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
@@ -259,21 +276,7 @@ class HubertUpstream(Upstream):
         forward_features = getattr(self.model, "forward_features", None)
         return forward_features(source) if forward_features is not None else self.model.feature_extractor(source)
 
-    def encode(self, pieces: Sequence[torch.Tensor], layers: Sequence[int]) -> Dict[int, List[torch.Tensor]]:
-        self.check_layers(layers)
-        out: Dict[int, List[torch.Tensor]] = {layer: [] for layer in layers}
-        lens = [self.num_frames(len(p)) for p in pieces]
-        keep = [i for i, n in enumerate(lens) if n > 0]
-        if keep:
-            states = self._encode([pieces[i] for i in keep], [lens[i] for i in keep], max(layers))
-        empty = pieces[0].new_zeros((0, self.dim)) if pieces else None
-        pos = {i: k for k, i in enumerate(keep)}
-        for layer in layers:
-            for i, n in enumerate(lens):
-                out[layer].append(states[layer][pos[i], :n] if i in pos else empty)
-        return out
-
-    def _encode(self, chunks: List[torch.Tensor], lens: List[int], top: int) -> List[torch.Tensor]:
+    def hidden_states(self, chunks: List[torch.Tensor], lens: List[int], top: int) -> List[torch.Tensor]:
         """Hidden states ``0..top``, each ``(B, T, C)``, of non-empty pieces with frame counts ``lens``."""
         source = torch.nn.utils.rnn.pad_sequence(list(chunks), batch_first=True)  # (B, S)
         if self.cnn_batchable and len(chunks) > 1:

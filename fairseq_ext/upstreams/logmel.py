@@ -18,7 +18,7 @@ utterance its own frames exactly.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional
 
 import torch
 import torch.nn as nn
@@ -61,17 +61,10 @@ class LogMelUpstream(Upstream):
         n_fft = self.model.n_fft
         return max(0, (n_samples + 2 * (n_fft // 2) - n_fft) // self.frame_shift + 1)
 
-    def encode(self, pieces: Sequence[torch.Tensor], layers: Sequence[int]) -> Dict[int, List[torch.Tensor]]:
-        self.check_layers(layers)
-        lens = [self.num_frames(len(p)) for p in pieces]
-        out: Dict[int, List[torch.Tensor]] = {layer: [] for layer in layers}
-        if not pieces:
-            return out
-        wav = nn.utils.rnn.pad_sequence(list(pieces), batch_first=True)  # (B, S); zeros = centre padding
+    def hidden_states(self, chunks: List[torch.Tensor], lens: List[int], top: int) -> List[torch.Tensor]:
+        wav = nn.utils.rnn.pad_sequence(list(chunks), batch_first=True)  # (B, S); zeros = centre padding
         feats, _ = self.model(wav)  # (B, T, n_mels)
-        for layer in layers:
-            out[layer] = [feats[i, :n] for i, n in enumerate(lens)]
-        return out
+        return [feats]
 
 
 def _convert(value: str, default: Any, key: str) -> Any:

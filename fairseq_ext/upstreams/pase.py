@@ -17,7 +17,7 @@ frame); pieces too short for one frame (< hop samples) are encoded as no frames.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -54,22 +54,7 @@ class PaseUpstream(Upstream):
     def num_frames(self, n_samples: int) -> int:
         return n_samples // self.frame_shift
 
-    def encode(self, pieces: Sequence[torch.Tensor], layers: Sequence[int]) -> Dict[int, List[torch.Tensor]]:
-        self.check_layers(layers)
-        lens = [self.num_frames(len(p)) for p in pieces]
-        keep = [i for i, n in enumerate(lens) if n > 0]
-        out: Dict[int, List[torch.Tensor]] = {layer: [] for layer in layers}
-        states: List[torch.Tensor] = []
-        if keep:
-            states = self._states([pieces[i] for i in keep])
-        empty = pieces[0].new_zeros((0, self.dim)) if pieces else None
-        pos = {i: k for k, i in enumerate(keep)}
-        for layer in layers:
-            for i, n in enumerate(lens):
-                out[layer].append(states[layer][pos[i], :n] if i in pos else empty)
-        return out
-
-    def _states(self, chunks: List[torch.Tensor]) -> List[torch.Tensor]:
+    def hidden_states(self, chunks: List[torch.Tensor], lens: List[int], top: int) -> List[torch.Tensor]:
         """All ``num_layers + 1`` hidden states ``(B, T, emb_dim)`` of non-empty pieces ``(S_i,)``."""
         enc = self.model
         wav = nn.utils.rnn.pad_sequence(list(chunks), batch_first=True)  # (B, S)
