@@ -151,3 +151,15 @@ def test_recipe_scripts_are_thin_entry_points(name):
     assert "from simple_kmeans.recipes import" in text
     out = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0 and "Usage:" in out.stdout, out.stderr[-2000:]
+
+
+def test_summary_names_the_validation_size_and_chance():
+    from simple_kmeans.recipes.demo import summary_lines
+
+    valid = {"valid_num_updates": "30", "valid_loss": "9.1", "valid_correct_m_0": 0.3, "valid_spk_acc": "0.4",
+             "valid_grl_lambda": "1", "valid_pitch_rmse": "0.7", "valid_vuv_acc": "0.86"}
+    text = "\n".join(summary_lines(valid, n_speakers=4, n_valid=5, spk_layer=1))
+    assert "on 5 validation utterances" in text and "2 of 5 utterances" in text
+    assert "uniform chance 1/4 = 0.2500" in text and "adversary weight 1" in text
+    assert "gradient reversal" not in text  # the shipped adversary is the confusion loss
+    assert summary_lines(None, 4) == ["(no validation record in the log)"]

@@ -56,10 +56,10 @@ def summary_lines(valid: Optional[Dict], n_speakers: int, n_valid: Optional[int]
              f"masked-prediction accuracy {float(g('valid_correct_m_0', float('nan'))):.4f}"]
     if "valid_spk_acc" in valid:
         acc = float(valid["valid_spk_acc"])
-        where = f" (layer {spk_layer}, behind gradient reversal)" if spk_layer is not None else ""
+        where = f" (layer {spk_layer})" if spk_layer is not None else ""
         count = f"{round(acc * n_valid)} of {n_valid} utterances; " if n_valid else ""
         lines.append(f"  speaker adversary{where}: accuracy {acc:.4f} ({count}uniform chance 1/{n_speakers} = "
-                     f"{1 / n_speakers:.4f}), GRL lambda {g('valid_grl_lambda', '?')}")
+                     f"{1 / n_speakers:.4f}), adversary weight {g('valid_grl_lambda', '?')}")
         if n_valid and n_valid < 50:
             lines.append(f"    {n_valid} utterances: steps of {1 / n_valid:.2f}, an indication only; the probe below "
                          f"measures the speaker information of every layer")
