@@ -46,3 +46,14 @@ def demo_manifest(demo_corpus, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("manifest")
     write_manifest(demo_corpus / "wav", d / "train.tsv")
     return d
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (tiny tensors: threads only add synchronisation cost), then restore."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

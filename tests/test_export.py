@@ -22,12 +22,7 @@ LENGTHS = (16000, 21111)  # two utterance lengths (not the exporter's own VERIFY
 N_SPEAKERS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def make_tiny_dhubert_checkpoint(path: Path) -> Path:

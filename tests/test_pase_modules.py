@@ -29,13 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_ENCODER = dict(sinc_filters=8, sinc_kernel_size=51, conv_channels=[8, 8, 8, 8, 8, 16, 16], emb_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only add synchronisation cost (a lot of it on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def tiny_model(workers, **kw) -> PaseModel:
