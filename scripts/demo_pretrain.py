@@ -2,8 +2,8 @@
                                     [--n-clusters 50] [--force]
 
 The main job after the labels: pre-train a small disentangled HuBERT (config/pretrain/dhubert_tiny:
-speaker adversary behind a gradient-reversal layer + pitch head) on CPU and probe what its layers
-keep. DEMO_DIR is the output folder of the label pipeline's demo:
+frame-level speaker adversary with the confusion loss, speaker-conditioned prediction, pitch head) on
+CPU and probe what its layers keep. DEMO_DIR is the output folder of the label pipeline's demo:
 
     python -m simple_kmeans.pipeline --demo DEMO_DIR        # (fairseq-ext-labels --demo DEMO_DIR)
     python scripts/demo_pretrain.py DEMO_DIR

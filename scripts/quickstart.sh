@@ -6,9 +6,10 @@
 #   2. the HuBERT label pipeline on a generated demo corpus (4 speakers x 12 utterances with known
 #      phones): manifest -> MFCC features (parallel shards) -> k-means -> labels -> dict.km.txt ->
 #      label-quality report (phone purity, cluster purity, PNMI) + ESPnet export;
-#   3. a short disentangled-HuBERT pretraining on CPU (config dhubert_tiny: speaker adversary behind
-#      a gradient-reversal layer + pitch head) through fairseq-hydra-train, then the per-layer probe
-#      report (speaker-ID accuracy, PNMI). A few minutes on 2 cores; a rerun skips finished steps.
+#   3. a short disentangled-HuBERT pretraining on CPU (config dhubert_tiny: frame-level speaker adversary
+#      with the confusion loss, speaker-conditioned prediction, pitch head) through fairseq-hydra-train,
+#      then the per-layer probe report (speaker-ID accuracy, PNMI). A few minutes on 2 cores; a rerun
+#      skips finished steps.
 # Options are passed to scripts/demo_pretrain.py (e.g. --max-update 600 for a quicker run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
