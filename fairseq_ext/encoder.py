@@ -129,17 +129,19 @@ class Upstream:
         self.check_layers(layers)
         lengths = [wav.size(1)] * wav.size(0) if padding_mask is None else (~padding_mask).sum(1).tolist()
         out = self.encode([self.prepare(w[:n]) for w, n in zip(wav, lengths)], layers)
-        frames = [self.num_frames(n) for n in lengths]
         states = [torch.nn.utils.rnn.pad_sequence(out[layer], batch_first=True) for layer in layers]
-        frame_mask = None
-        if len(set(frames)) > 1:
-            frame_mask = torch.arange(max(frames), device=wav.device)[None, :] >= torch.tensor(
-                frames, device=wav.device)[:, None]
-        return states, frame_mask
+        return states, frame_padding_mask([self.num_frames(n) for n in lengths], wav.device)
 
     def __call__(self, wav: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
                  layers: Optional[Sequence[int]] = None) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
         return self.forward(wav, padding_mask, layers)
+
+
+def frame_padding_mask(frames: Sequence[int], device: torch.device) -> Optional[torch.Tensor]:
+    """``(B, max(frames))`` bool mask, True on frames past each row's count; None when no row is padded."""
+    if len(set(frames)) <= 1:
+        return None
+    return torch.arange(max(frames), device=device)[None, :] >= torch.tensor(frames, device=device)[:, None]
 
 
 def register_upstream(name: str) -> Callable[[Type[Upstream]], Type[Upstream]]:

@@ -27,6 +27,7 @@ import torch
 
 from fairseq_ext.base.atomic import atomic_output
 from fairseq_ext.base.errors import UserError
+from fairseq_ext.encoder import frame_padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -99,25 +100,14 @@ class CachedUpstream:
         todo = [b for b, f in enumerate(found) if f is None]
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
-        if todo:  # one padded batch of the missing utterances through the real upstream
-            n = max(lengths[b] for b in todo)
-            sub = wav.new_zeros(len(todo), n)
-            mask = torch.zeros(len(todo), n, dtype=torch.bool, device=wav.device)
+        if todo:  # one batch of the missing utterances through the real upstream
+            enc = self.inner.encode([self.inner.prepare(wav[b, :lengths[b]]) for b in todo], all_layers)
             for i, b in enumerate(todo):
-                sub[i, :lengths[b]] = wav[b, :lengths[b]]
-                mask[i, lengths[b]:] = True
-            states, _ = self.inner.forward(sub, mask, all_layers)
-            for i, b in enumerate(todo):
-                t = self.inner.num_frames(lengths[b])
-                found[b] = [s[i, :t].detach().cpu().float().contiguous() for s in states]
+                found[b] = [enc[layer][i].detach().cpu().float().contiguous() for layer in all_layers]
                 self._store(keys[b], found[b])
-        frames = [len(f[0]) for f in found]
         out = [torch.nn.utils.rnn.pad_sequence([f[layer] for f in found], batch_first=True).to(wav.device)
                for layer in layers]
-        frame_mask = None
-        if len(set(frames)) > 1:
-            frame_mask = torch.arange(max(frames), device=wav.device)[None, :] >= torch.tensor(
-                frames, device=wav.device)[:, None]
+        frame_mask = frame_padding_mask([len(f[0]) for f in found], wav.device)
         return out, frame_mask
 
     def __call__(self, wav: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
